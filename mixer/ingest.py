@@ -1,0 +1,337 @@
+"""`mixer tokenize`: corpus files -> Ray tasks -> a token store, resumable and deterministic.
+
+Each task (a file, a byte range of one, or a run of parquet row groups; see `sources.plan_tasks`)
+becomes exactly one shard named after its position in the plan, so the store's bytes depend on
+the inputs and the tokenizer, never on how many workers ran or in which order they finished.
+
+Crash safety: a worker publishes its shard by renaming, then drops a small "done" record
+(its manifest entry and the task's key) into `STORE/.mixer-partial/`. A rerun reuses every
+shard whose record matches its task, redoes the rest, and writes `manifest.json` last. Until the
+manifest exists the directory is not a store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixer import sources
+from mixer.errors import MixerError
+from mixer.store import (
+    MANIFEST,
+    ShardWriter,
+    build_manifest,
+    dtype_for_vocab,
+    read_manifest,
+    write_json_atomic,
+)
+from mixer.tokenizer import HFEncoder, TokenizerInfo, load_tokenizer
+
+PARTIAL_DIR = ".mixer-partial"
+BATCH_DOCUMENTS = 512
+BATCH_CHARS = 4 << 20
+
+
+@dataclass(frozen=True)
+class TokenizeJob:
+    """Everything `mixer tokenize` was asked to do; the CLI and the API both build one."""
+
+    inputs: tuple[str, ...]
+    tokenizer: str
+    out: str
+    format: str | None = None
+    text_field: str = "text"
+    txt_mode: str = "document"
+    on_error: str = "fail"
+    where: tuple[str, ...] = ()
+    eos_token: str | None = None
+    no_eos: bool = False
+    workers: int | None = None
+    ray_address: str | None = None
+    chunk_bytes: int = 32 << 20
+    storage_options: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one worker needs to write one shard; small, so it ships cheaply to Ray."""
+
+    task: sources.Task
+    name: str
+    key: str
+    options: sources.ReadOptions
+    out: str
+
+
+def task_key(task: sources.Task, options: dict, tokenizer: TokenizerInfo) -> str:
+    """Fingerprint of everything that determines a shard's bytes: reuse only on a match."""
+    material = {
+        "task": task.describe(),
+        "size": task.size,
+        "options": options,
+        "tokenizer": tokenizer.sha256,
+        "eos": tokenizer.eos_id,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
+    """Tokenize one task into one shard and record it as done; returns its manifest entry."""
+    out = Path(spec.out)
+    encoder = HFEncoder(info)
+    stats = sources.ReadStats()
+    writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
+    try:
+        batch: list[str] = []
+        chars = 0
+        for text in sources.read_documents(spec.task, spec.options, stats):
+            batch.append(text)
+            chars += len(text)
+            if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
+                writer.add_documents(*encoder.encode_batch(batch))
+                batch, chars = [], 0
+        if batch:
+            writer.add_documents(*encoder.encode_batch(batch))
+        entry = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    entry.update(
+        input=spec.task.describe(),
+        backend=encoder.name,
+        skipped=dict(sorted(stats.skipped.items())),
+        filtered=stats.filtered,
+    )
+    write_json_atomic(out / PARTIAL_DIR / f"{spec.name}.json", {"key": spec.key, "entry": entry})
+    return entry
+
+
+def finished_entry(out: Path, spec: TaskSpec) -> dict[str, Any] | None:
+    """The entry of a shard finished by an earlier run of the same task, if it is intact."""
+    try:
+        record = json.loads((out / PARTIAL_DIR / f"{spec.name}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if record.get("key") != spec.key:
+        return None
+    entry = record["entry"]
+    for name, size in ((entry["bin"], entry["bin_bytes"]), (entry["idx"], entry["idx_bytes"])):
+        path = out / name
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+    return entry
+
+
+def check_output_dir(out: Path, info: TokenizerInfo, job_options: dict) -> dict | None:
+    """Refuse to clobber: returns the existing manifest when this exact job already finished."""
+    if (out / MANIFEST).exists():
+        manifest = read_manifest(out)
+        if manifest["tokenizer"].get("sha256") != info.sha256:
+            raise MixerError(
+                f"{out} holds a store built with another tokenizer "
+                f"({manifest['tokenizer'].get('name')}, sha256 "
+                f"{str(manifest['tokenizer'].get('sha256'))[:12]}…); choose another --out"
+            )
+        if manifest.get("job") != job_options:
+            raise MixerError(
+                f"{out} holds a store built from other inputs or options; choose another --out"
+            )
+        return manifest
+    if out.exists():
+        if not out.is_dir():
+            raise MixerError(f"--out {out} exists and is not a directory")
+        strays = [p.name for p in out.iterdir() if p.name != PARTIAL_DIR and not p.name.startswith(".")]
+        if strays and not (out / PARTIAL_DIR).is_dir():
+            raise MixerError(
+                f"--out {out} is a non-empty directory that is not a mixer store "
+                f"(holds {strays[0]!r}); choose an empty or new directory"
+            )
+    return None
+
+
+def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
+    """Run a tokenize job to completion and return the store's manifest."""
+    info = load_tokenizer(job.tokenizer, job.eos_token, job.no_eos)
+    for value, allowed, flag in (
+        (job.on_error, ("fail", "skip"), "--on-error"),
+        (job.txt_mode, ("document", "line"), "--txt-mode"),
+    ):
+        if value not in allowed:
+            raise MixerError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+    if job.format is not None and job.format not in sources.FORMATS:
+        raise MixerError(f"--format {job.format!r} is not one of {', '.join(sources.FORMATS)}")
+    if "://" in job.out and not job.out.startswith("file://"):
+        raise MixerError(f"--out {job.out}: only local output directories are supported")
+    out = Path(job.out.removeprefix("file://"))
+    options = sources.ReadOptions(
+        text_field=job.text_field,
+        txt_mode=job.txt_mode,
+        on_error=job.on_error,
+        where=tuple(sources.parse_where(w) for w in job.where),
+        storage_options=job.storage_options,
+    )
+    files = sources.expand_inputs(list(job.inputs), job.format, job.storage_options)
+    tasks = sources.plan_tasks(files, job.chunk_bytes, options)
+    job_options = {
+        "text_field": job.text_field,
+        "txt_mode": job.txt_mode,
+        "on_error": job.on_error,
+        "where": [w.describe() for w in options.where],
+        "eos_token": info.eos_token,
+        "inputs": [f.url for f in files],
+    }
+    existing = check_output_dir(out, info, job_options)
+    if existing is not None:
+        print(f"{out}: already complete, nothing to do", file=sys.stderr)
+        return existing
+
+    specs = [
+        TaskSpec(task, f"shard-{n:05d}", task_key(task, job_options, info), options, str(out))
+        for n, task in enumerate(tasks)
+    ]
+    (out / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+    entries: dict[str, dict] = {}
+    for spec in specs:
+        if (entry := finished_entry(out, spec)) is not None:
+            entries[spec.name] = entry
+    pending = [s for s in specs if s.name not in entries]
+
+    bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
+    bar.reused(sum(s.task.weight for s in specs if s.name in entries), len(entries))
+    started = time.perf_counter()
+    execute = run_in_process if job.workers == 0 else run_on_ray
+    try:
+        for spec, entry in execute(pending, info, job):
+            entries[spec.name] = entry
+            bar.update(spec.task.weight, entry)
+    finally:
+        bar.close()
+
+    shards = [entries[s.name] for s in specs]
+    skipped: Counter[str] = Counter()
+    for entry in shards:
+        skipped.update(entry["skipped"])
+    manifest = build_manifest(
+        shards,
+        tokenizer=info.manifest_entry(),
+        eos_id=info.eos_id,
+        dtype=dtype_for_vocab(info.vocab_size),
+        job=job_options,
+        skipped=dict(sorted(skipped.items())),
+        filtered=sum(e["filtered"] for e in shards),
+    )
+    write_json_atomic(out / MANIFEST, manifest)
+    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    print(summary_line(manifest, len(entries) - len(pending), elapsed), file=sys.stderr)
+    return manifest
+
+
+def summary_line(manifest: dict, reused: int, seconds: float) -> str:
+    skipped = sum(manifest["skipped"].values())
+    parts = [
+        f"wrote {manifest['num_documents']:,} documents",
+        f"{manifest['num_tokens']:,} tokens",
+        f"{manifest['num_shards']} shards ({reused} reused)",
+        f"{skipped:,} skipped" + (f" {manifest['skipped']}" if skipped else ""),
+    ]
+    if manifest["filtered"]:
+        parts.append(f"{manifest['filtered']:,} filtered out by --where")
+    return "mixer tokenize: " + ", ".join(parts) + f" in {seconds:.1f}s"
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+def run_in_process(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
+    """Sequential, no Ray: for debugging and for memory:// inputs that live in this process."""
+    for spec in pending:
+        yield spec, run_task(spec, info)
+
+
+def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
+    """Run tasks on Ray, at most `workers` in flight, yielding each as it finishes."""
+    import ray
+
+    if any(s.task.url.startswith("memory://") for s in pending):
+        raise MixerError("memory:// inputs live in one process; use --workers 0 to run in-process")
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False}
+        if job.ray_address:
+            kwargs["address"] = job.ray_address
+        else:
+            kwargs["num_cpus"] = job.workers or os.cpu_count()
+        ray.init(**kwargs)
+    workers = job.workers or int(ray.cluster_resources().get("CPU", 1))
+    remote = ray.remote(num_cpus=1, max_retries=3)(run_task)
+    info_ref = ray.put(info)
+    queue = list(reversed(pending))
+    in_flight: dict[Any, TaskSpec] = {}
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < workers:
+                spec = queue.pop()
+                in_flight[remote.remote(spec, info_ref)] = spec
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            spec = in_flight.pop(done[0])
+            try:
+                yield spec, ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, MixerError):
+                    raise e.cause from None
+                raise
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """tqdm over input bytes with documents/tokens in the postfix; silent when not a TTY."""
+
+    def __init__(self, total_bytes: int, total_shards: int, enabled: bool | None):
+        from tqdm import tqdm
+
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.documents = self.tokens = self.shards = 0
+        self.total_shards = total_shards
+        self.bar = tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="tokenize",
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def reused(self, nbytes: int, shards: int) -> None:
+        self.shards += shards
+        self.bar.update(nbytes)
+
+    def update(self, nbytes: int, entry: dict) -> None:
+        self.shards += 1
+        self.documents += entry["documents"]
+        self.tokens += entry["tokens"]
+        self.bar.set_postfix_str(
+            f"tasks {self.shards}/{self.total_shards} docs {self.documents:,} "
+            f"tokens {self.tokens:,}",
+            refresh=False,
+        )
+        self.bar.update(nbytes)
+
+    def close(self) -> None:
+        self.bar.close()
+
