@@ -1,7 +1,20 @@
 """mixer: deterministic, high-throughput data mixing and tokenization for LLM pretraining."""
 
 from mixer.errors import InputError, MixerError, SpecError, StoreError
+from mixer.sampler import BlockRef, MixSampler
+from mixer.spec import MixSpec, PhaseSpec, SourceSpec
 from mixer.store import TokenStore
 
-__all__ = ["InputError", "MixerError", "SpecError", "StoreError", "TokenStore"]
+__all__ = [
+    "BlockRef",
+    "InputError",
+    "MixSampler",
+    "MixSpec",
+    "MixerError",
+    "PhaseSpec",
+    "SourceSpec",
+    "SpecError",
+    "StoreError",
+    "TokenStore",
+]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -49,7 +49,7 @@ def tokenize(
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Store directory to create.")],
     format: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Override format detection: jsonl, jsonl.gz, jsonl.zst, parquet, txt."),
     ] = None,
     text_field: Annotated[
@@ -62,28 +62,32 @@ def tokenize(
         str, typer.Option(help="Bad records: 'fail' (stop at file:line) or 'skip' and count.")
     ] = "fail",
     where: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(help="Keep rows matching, e.g. \"src in ['abc', 'midi']\"; repeat to AND."),
     ] = None,
     eos_token: Annotated[
-        Optional[str], typer.Option(help="Token appended after every document.")
+        str | None, typer.Option(help="Token appended after every document.")
     ] = None,
     no_eos: Annotated[bool, typer.Option("--no-eos", help="Append no EOS token.")] = False,
     workers: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(help="Parallel Ray tasks (default: all CPUs); 0 runs in-process."),
     ] = None,
     ray_address: Annotated[
-        Optional[str], typer.Option(help="Join an existing Ray cluster (auto or HOST:PORT).")
+        str | None, typer.Option(help="Join an existing Ray cluster (auto or HOST:PORT).")
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(help="auto: the fast engine once verified id-for-id on this input; hf; fast."),
+    ] = "auto",
     chunk_mb: Annotated[
         int, typer.Option(help="Split large uncompressed files into tasks of about this size.")
     ] = 32,
     storage_options: Annotated[
-        Optional[str], typer.Option(help="JSON passed to fsspec, e.g. '{\"anon\": true}'.")
+        str | None, typer.Option(help="JSON passed to fsspec, e.g. '{\"anon\": true}'.")
     ] = None,
     progress: Annotated[
-        Optional[bool], typer.Option("--progress/--no-progress", help="Default: on a TTY.")
+        bool | None, typer.Option("--progress/--no-progress", help="Default: on a TTY.")
     ] = None,
 ) -> None:
     """Tokenize corpora (jsonl, jsonl.gz, jsonl.zst, parquet, txt) into a token store."""
@@ -106,6 +110,7 @@ def tokenize(
         workers=workers,
         ray_address=ray_address,
         chunk_bytes=chunk_mb << 20,
+        backend=backend,
         storage_options=parse_json_option(storage_options, "--storage-options"),
     )
     run_tokenize(job, progress=progress)
@@ -175,18 +180,87 @@ def mix(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Report as JSON.")] = False,
     export: Annotated[
-        Optional[str], typer.Option(help="Write the mixed stream as a Megatron token store.")
+        str | None, typer.Option(help="Write the mixed stream as a Megatron token store.")
     ] = None,
     start: Annotated[int, typer.Option(help="First block to export.")] = 0,
-    stop: Annotated[Optional[int], typer.Option(help="Block to stop exporting at.")] = None,
+    stop: Annotated[int | None, typer.Option(help="Block to stop exporting at.")] = None,
     plot: Annotated[
-        Optional[str], typer.Option(help="PNG of cumulative fractions and epochs per source.")
+        str | None, typer.Option(help="PNG of cumulative fractions and epochs per source.")
     ] = None,
 ) -> None:
     """Check a mix spec and report, export or plot the stream it defines."""
     from mixer.report import run_mix
 
     code = run_mix(spec, report or not (export or plot), as_json, export, start, stop, plot)
+    raise typer.Exit(code)
+
+
+@app.command(
+    epilog="Examples:  mixer run pipelines/spt-proofpile.toml --out out/spt\n\n"
+    "           mixer run pipelines/spt-proofpile.toml --out out/spt "
+    "--input proofpile=s3://bucket/proofpile/",
+)
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline TOML (see pipelines/).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for stores and reports.")],
+    input: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="NAME=URL: tokenize store NAME from URL instead; repeat."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel Ray tasks; 0 in-process.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster.")] = None,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Default: on a TTY.")
+    ] = None,
+) -> None:
+    """Run a recipe: tokenize its stores, report its mix, export and plot it."""
+    from mixer.pipeline import run_pipeline
+
+    overrides: dict[str, list[str]] = {}
+    for item in input or ():
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise MixerError(f"--input {item!r}: expected NAME=URL")
+        overrides.setdefault(name, []).append(url)
+    raise typer.Exit(run_pipeline(pipeline, out, overrides, workers, ray_address, progress))
+
+
+@app.command(
+    epilog="Examples:  mixer plan --domain-tokens 300e6 --total-tokens 200e9 --max-repeats 50\n\n"
+    "           mixer plan --pilot pipelines/pilot-example.csv --total-tokens 200e9 --plot p.png",
+)
+def plan(
+    total_tokens: Annotated[float, typer.Option(help="Training budget in tokens, e.g. 200e9.")],
+    domain_tokens: Annotated[
+        str | None, typer.Option(help="Domain size in tokens (e.g. 300e6) or a token store.")
+    ] = None,
+    fraction: Annotated[
+        list[float] | None, typer.Option(help="Fractions to tabulate; repeat (default: paper's).")
+    ] = None,
+    max_repeats: Annotated[float | None, typer.Option(help="Epoch cap to warn about.")] = None,
+    pilot: Annotated[
+        str | None, typer.Option(help="CSV of pilot runs: tokens,fraction,loss.")
+    ] = None,
+    target_tokens: Annotated[
+        float | None, typer.Option(help="Budget for the recommendation (default: total).")
+    ] = None,
+    plot: Annotated[str | None, typer.Option(help="PNG of predicted loss vs fraction.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Choose a domain fraction: epochs and repeats per fraction, and the SPT scaling-law fit."""
+    from mixer.plan import run_plan
+
+    domain = None
+    if domain_tokens is not None:
+        try:
+            domain = int(float(domain_tokens))
+        except ValueError:
+            from mixer.store import TokenStore
+
+            domain = TokenStore.open(domain_tokens).num_tokens
+    code = run_plan(
+        domain, int(total_tokens), fraction, max_repeats, pilot, target_tokens, plot, as_json
+    )
     raise typer.Exit(code)
 
 

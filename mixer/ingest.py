@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer import sources
+from mixer.backends import fast_available, make_encoder, verify_backend
 from mixer.errors import MixerError
 from mixer.store import (
     MANIFEST,
@@ -33,11 +34,14 @@ from mixer.store import (
     read_manifest,
     write_json_atomic,
 )
-from mixer.tokenizer import HFEncoder, TokenizerInfo, load_tokenizer
+from mixer.tokenizer import TokenizerInfo, load_tokenizer
 
 PARTIAL_DIR = ".mixer-partial"
 BATCH_DOCUMENTS = 512
 BATCH_CHARS = 4 << 20
+BACKENDS = ("auto", "hf", "fast")
+VERIFY_DOCUMENTS_PER_FILE = 32
+VERIFY_FILES = 64
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class TokenizeJob:
     workers: int | None = None
     ray_address: str | None = None
     chunk_bytes: int = 32 << 20
+    backend: str = "auto"
     storage_options: dict = field(default_factory=dict, hash=False)
 
 
@@ -69,12 +74,14 @@ class TaskSpec:
     key: str
     options: sources.ReadOptions
     out: str
+    backend: str
 
 
-def task_key(task: sources.Task, options: dict, tokenizer: TokenizerInfo) -> str:
+def task_key(task: sources.Task, options: dict, tokenizer: TokenizerInfo, backend: str) -> str:
     """Fingerprint of everything that determines a shard's bytes: reuse only on a match."""
     material = {
         "task": task.describe(),
+        "backend": backend,
         "size": task.size,
         "options": options,
         "tokenizer": tokenizer.sha256,
@@ -86,7 +93,7 @@ def task_key(task: sources.Task, options: dict, tokenizer: TokenizerInfo) -> str
 def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
     """Tokenize one task into one shard and record it as done; returns its manifest entry."""
     out = Path(spec.out)
-    encoder = HFEncoder(info)
+    encoder = make_encoder(info, spec.backend)
     stats = sources.ReadStats()
     writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
     try:
@@ -148,7 +155,9 @@ def check_output_dir(out: Path, info: TokenizerInfo, job_options: dict) -> dict 
     if out.exists():
         if not out.is_dir():
             raise MixerError(f"--out {out} exists and is not a directory")
-        strays = [p.name for p in out.iterdir() if p.name != PARTIAL_DIR and not p.name.startswith(".")]
+        strays = [
+            p.name for p in out.iterdir() if p.name != PARTIAL_DIR and not p.name.startswith(".")
+        ]
         if strays and not (out / PARTIAL_DIR).is_dir():
             raise MixerError(
                 f"--out {out} is a non-empty directory that is not a mixer store "
@@ -166,6 +175,8 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     ):
         if value not in allowed:
             raise MixerError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+    if job.backend not in BACKENDS:
+        raise MixerError(f"--backend {job.backend!r} is not one of {', '.join(BACKENDS)}")
     if job.format is not None and job.format not in sources.FORMATS:
         raise MixerError(f"--format {job.format!r} is not one of {', '.join(sources.FORMATS)}")
     if "://" in job.out and not job.out.startswith("file://"):
@@ -193,8 +204,16 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         print(f"{out}: already complete, nothing to do", file=sys.stderr)
         return existing
 
+    backend = resolve_backend(job.backend, info, tasks, options)
     specs = [
-        TaskSpec(task, f"shard-{n:05d}", task_key(task, job_options, info), options, str(out))
+        TaskSpec(
+            task,
+            f"shard-{n:05d}",
+            task_key(task, job_options, info, backend),
+            options,
+            str(out),
+            backend,
+        )
         for n, task in enumerate(tasks)
     ]
     (out / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
@@ -233,6 +252,41 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     print(summary_line(manifest, len(entries) - len(pending), elapsed), file=sys.stderr)
     return manifest
+
+
+def verification_sample(tasks: list[sources.Task], options: sources.ReadOptions):
+    """The first documents of every input file (up to VERIFY_FILES files), labelled file:n."""
+    options = sources.ReadOptions(
+        text_field=options.text_field,
+        txt_mode=options.txt_mode,
+        on_error="skip",
+        where=options.where,
+        storage_options=options.storage_options,
+    )
+    firsts = {t.url: t for t in reversed(tasks)}  # the first task of each file
+    sample = []
+    for task in list(reversed(firsts.values()))[:VERIFY_FILES]:
+        documents = sources.read_documents(task, options, sources.ReadStats())
+        for n, text in enumerate(documents):
+            if n == VERIFY_DOCUMENTS_PER_FILE:
+                break
+            sample.append((f"{task.url} document {n + 1}", text))
+    return sample
+
+
+def resolve_backend(
+    requested: str, info: TokenizerInfo, tasks: list[sources.Task], options: sources.ReadOptions
+) -> str:
+    """'hf', or 'fast' only once it matched hf id for id on this tokenizer and this input."""
+    if requested == "hf" or (requested == "auto" and fast_available() is None):
+        return "hf"
+    mismatch = verify_backend(info, verification_sample(tasks, options))
+    if mismatch is None:
+        return "fast"
+    if requested == "fast":
+        raise MixerError(f"--backend fast refused: {mismatch}; use --backend hf or auto")
+    print(f"mixer tokenize: warning: using the hf backend: {mismatch}", file=sys.stderr)
+    return "hf"
 
 
 def summary_line(manifest: dict, reused: int, seconds: float) -> str:
@@ -334,4 +388,3 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
-

@@ -35,9 +35,7 @@ class TokenizerInfo:
         return {"name": self.name, "sha256": self.sha256, "vocab_size": self.vocab_size}
 
 
-def load_tokenizer(
-    path: str, eos_token: str | None = None, no_eos: bool = False
-) -> TokenizerInfo:
+def load_tokenizer(path: str, eos_token: str | None = None, no_eos: bool = False) -> TokenizerInfo:
     """Read a tokenizer.json (or a directory holding one), local or any fsspec URL."""
     fs, fs_path = fsspec.core.url_to_fs(path)
     if fs.isdir(fs_path):
@@ -102,7 +100,7 @@ def join_documents(ids: list[list[int]], eos_id: int | None) -> tuple[np.ndarray
     tokens = np.empty(int(lengths.sum()), dtype=np.int64)
     ends = np.cumsum(lengths)
     start = 0
-    for doc, end in zip(ids, ends):
+    for doc, end in zip(ids, ends, strict=True):
         tokens[start : start + len(doc)] = doc
         start = int(end)
     if eos_id is not None and len(ids):

@@ -1,0 +1,182 @@
+"""Tokenizer backends: the HF reference and a fast engine that must agree with it id for id.
+
+Tokenization bounds the pipeline, and `fastokens` (Rust, reads a HF tokenizer.json) encodes
+byte-level BPE about 100x faster than `tokenizers` on one core (benchmarks/bench_engines.py;
+gigatoken, kitoken and tiktoken were slower, and kitoken and gigatoken disagreed with the
+reference on some inputs). It implements only part of what a tokenizer.json can say, and a store
+whose ids silently differ from the reference is worse than a slow one, so the fast engine is
+trusted per tokenizer, never in general:
+
+- it refuses at load time what it does not implement (WordPiece, Unigram, Metaspace, NFKC,
+  BertNormalizer, ...), and we refuse padding, which its bulk encoder ignores;
+- `verify_backend` compares it with `HFEncoder` on a sample of the real input plus
+  `ADVERSARIAL`, and names the first document where they differ.
+
+Both encoders only ever see valid Unicode: `sources` drops records with lone surrogates (a JSON
+"\\ud800" escape) as invalid_utf8, and both engines raise on them rather than guess a byte
+sequence, which `verify_backend` counts as agreement.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+from mixer.errors import MixerError
+from mixer.tokenizer import HFEncoder, TokenizerInfo
+
+FAST_ENGINE = "fastokens"
+FAST_REQUIREMENT = "fastokens>=0.3.5,<0.4"
+
+# Inputs that exercise what a re-implementation most easily gets wrong: digit grouping,
+# whitespace runs, Unicode normalization and classes, added tokens in text, very long pieces.
+ADVERSARIAL: list[str] = [
+    "",
+    " ",
+    "a",
+    "\n",
+    "1234567890" * 8,
+    "3.14159 -2,718.28 1e-10 0x1F 007 ١٢٣ ⅷ ²³",
+    " " * 64 + "indented" + " " * 33 + "\n" + "\t" * 9 + "x",
+    "trailing spaces   \n\n\n   \n",
+    "line one\r\nline two\r\n\r\n\rlone CR",
+    "\u00a0\u2009\u3000\u200b\u2028\u2029\x85\x0b\x0c",
+    "nul\x00inside\x00\x00",
+    "👩‍👩‍👧‍👦 🏳️‍🌈 👍🏽 🇺🇳 \U0001f600" * 3,
+    "e\u0301 a\u0308\u0323 n\u0303 ñ \u0915\u094d\u0937 \u1100\u1161\u11a8 Å Å",
+    "ﬁ ﬀ Ｆｕｌｌｗｉｄｔｈ ℌ ① ẞ ß İ ı ǅ",
+    "漢字かなカナ한국어 العربية עברית ไทย",
+    "don't I'M you're we'VE they'll she'd it's 's 're",
+    "<|endoftext|></s><s>[CLS][SEP]<unk><pad> special tokens as plain text",
+    "def f(x):\n\treturn {'a': [1, 2]}  # ✓\n",
+    "lone \ud800 surrogate \udfff",
+    "word " * 20_000,
+    "x" * 100_000,
+]
+
+
+def fast_available() -> str | None:
+    """The fast engine's name if it is installed here, else None (it is optional at runtime)."""
+    return FAST_ENGINE if importlib.util.find_spec(FAST_ENGINE) else None
+
+
+class FastEncoder:
+    """`HFEncoder`'s contract on `fastokens`; single-threaded by default (Ray provides parallelism).
+
+    fastokens sizes its thread pool once per process from FASTOKENS_BPE_THREADS, so `threads`
+    only takes effect if this is the first fastokens encoder of the process (a Ray worker is).
+    Raises `MixerError` saying why when the engine is missing or cannot encode like `info`.
+    """
+
+    name = FAST_ENGINE
+
+    def __init__(self, info: TokenizerInfo, threads: int = 1):
+        if fast_available() is None:
+            raise MixerError(f"{FAST_ENGINE} is not installed (pip install '{FAST_REQUIREMENT}')")
+        if json.loads(info.json).get("padding"):
+            raise MixerError(f"{info.name} enables padding, which {FAST_ENGINE} bulk encodes skip")
+        os.environ["FASTOKENS_BPE_THREADS"] = str(threads)
+        import fastokens
+
+        try:
+            self.tokenizer = fastokens.Tokenizer.from_json_str(info.json)
+        except Exception as e:  # a ValueError naming the unsupported component, usually
+            reason = " ".join(str(e).split())  # one line, for the fallback warning
+            raise MixerError(f"{FAST_ENGINE} cannot load {info.name}: {reason}") from None
+        self.eos_id = info.eos_id
+
+    def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token lengths (EOS included, int64) and the concatenated uint32 ids of a batch."""
+        ids, offsets = self.tokenizer.encode_batch_flat(texts, add_special_tokens=False)
+        ids = np.frombuffer(ids, dtype="<u4")
+        offsets = np.frombuffer(offsets, dtype="<u8").astype(np.intp)
+        lengths = np.diff(offsets).astype(np.int64)
+        if self.eos_id is None:
+            return lengths, ids
+        # An EOS inserted before each document's end offset lands right after its last token.
+        return lengths + 1, np.insert(ids, offsets[1:], np.uint32(self.eos_id))
+
+
+def make_encoder(info: TokenizerInfo, backend: str) -> HFEncoder | FastEncoder:
+    """The encoder for `--backend hf|fast`; 'auto' is resolved by the caller with verify_backend."""
+    if backend == "hf":
+        return HFEncoder(info)
+    if backend == "fast":
+        try:
+            return FastEncoder(info)
+        except MixerError as e:
+            raise MixerError(f"--backend fast: {e}; use --backend hf or auto") from None
+    raise MixerError(f"unknown backend {backend!r}; expected 'hf' or 'fast'")
+
+
+def verify_backend(info: TokenizerInfo, sample_texts: list[tuple[str, str]]) -> str | None:
+    """None if the fast engine matches `HFEncoder` id for id on the sample and `ADVERSARIAL`.
+
+    Otherwise one line saying why it may not be used for this tokenizer: a refusal, or the
+    label of the first differing document and the first differing token position. Each
+    document is encoded alone and then all of them as one batch, so a bug in either path shows.
+    """
+    try:
+        fast = FastEncoder(info)
+    except MixerError as e:
+        return str(e)
+    hf = HFEncoder(info)
+    samples = sample_texts + [
+        (f"adversarial[{i}] {text[:24]!r}", text) for i, text in enumerate(ADVERSARIAL)
+    ]
+    encodable = []
+    for label, text in samples:
+        want, got = _encode_one(hf, text), _encode_one(fast, text)
+        if isinstance(want, str) or isinstance(got, str):
+            if isinstance(want, str) != isinstance(got, str):
+                outcomes = f"hf {_show(want)}, {fast.name} {_show(got)}"
+                return f"{fast.name} differs from hf on {label}: {outcomes}"
+            continue
+        position = _first_difference(want, got)
+        if position is not None:
+            return _describe(fast.name, label, position, want, got)
+        encodable.append((label, text, want))
+    lengths, tokens = fast.encode_batch([text for _, text, _ in encodable])
+    if len(lengths) != len(encodable):
+        return f"{fast.name} returned {len(lengths)} documents for a batch of {len(encodable)}"
+    for (label, _, want), end, length in zip(encodable, np.cumsum(lengths), lengths, strict=True):
+        got = tokens[end - length : end]
+        position = _first_difference(want, got)
+        if position is not None:
+            return _describe(fast.name, f"{label} (in a batch)", position, want, got)
+    return None
+
+
+def _encode_one(encoder: HFEncoder | FastEncoder, text: str) -> np.ndarray | str:
+    """The ids of one document, or the exception it raised, as text."""
+    try:
+        return encoder.encode_batch([text])[1]
+    except Exception as e:  # either engine may refuse a text: compare the refusals
+        return f"raised {type(e).__name__}"
+
+
+def _first_difference(want: np.ndarray, got: np.ndarray) -> int | None:
+    """The first position where two id sequences differ (a length difference counts)."""
+    n = min(len(want), len(got))
+    unequal = np.flatnonzero(want[:n] != got[:n])
+    if len(unequal):
+        return int(unequal[0])
+    return None if len(want) == len(got) else n
+
+
+def _describe(engine: str, label: str, position: int, want: np.ndarray, got: np.ndarray) -> str:
+    return (
+        f"{engine} differs from hf on {label} at token {position}: "
+        f"hf {_at(want, position)}, {engine} {_at(got, position)}"
+    )
+
+
+def _at(ids: np.ndarray, position: int) -> str:
+    return f"id {int(ids[position])}" if position < len(ids) else f"ends ({len(ids)} tokens)"
+
+
+def _show(outcome: np.ndarray | str) -> str:
+    return outcome if isinstance(outcome, str) else f"{len(outcome)} tokens"

@@ -1,0 +1,122 @@
+"""`mixer run PIPELINE.toml`: tokenize every store a recipe names, then report (and optionally
+export and plot) its mix, all under one output directory.
+
+A pipeline file has a tokenizer, one `[stores.NAME]` table per store (the options of
+`mixer tokenize`), and a `[mix]` table that is a mix spec whose sources default to the stores of
+the same name. Paths are relative to the pipeline file, so a recipe runs on the bundled samples
+as is and on real data by overriding inputs: `--input proofpile=s3://bucket/proofpile/`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mixer.errors import MixerError, SpecError
+from mixer.ingest import TokenizeJob, tokenize
+from mixer.report import export_mix, format_report, mix_report, plot_mix
+from mixer.sampler import MixSampler
+from mixer.spec import MixSpec
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+_TOP_KEYS = {"name", "description", "tokenizer", "stores", "mix", "output"}
+_STORE_KEYS = {"inputs", "format", "text_field", "txt_mode", "on_error", "where", "backend"}
+_OUTPUT_KEYS = {"export", "plot"}
+
+
+def _resolve(path: str, base: Path) -> str:
+    return path if "://" in path or Path(path).is_absolute() else str(base / path)
+
+
+def _check_keys(where: str, table: Any, allowed: set[str]) -> dict:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where} must be a table, got {table!r}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SpecError(
+            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+        )
+    return table
+
+
+def load_pipeline(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise MixerError(f"pipeline not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML ({e})") from None
+    _check_keys(path, data, _TOP_KEYS)
+    for key in ("tokenizer", "stores", "mix"):
+        if key not in data:
+            raise SpecError(f"{path}: missing key {key!r}")
+    for name, table in data["stores"].items():
+        _check_keys(f"{path}: stores.{name}", table, _STORE_KEYS)
+        if not table.get("inputs"):
+            raise SpecError(f"{path}: stores.{name}.inputs must list at least one input")
+    _check_keys(f"{path}: output", data.get("output", {}), _OUTPUT_KEYS)
+    return data
+
+
+def run_pipeline(
+    path: str,
+    out: str,
+    inputs: dict[str, list[str]] | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    progress: bool | None = None,
+) -> int:
+    """Tokenize -> mix report -> export/plot; every step is skipped when already complete."""
+    data = load_pipeline(path)
+    base, out_dir = Path(path).resolve().parent, Path(out)
+    for name in inputs or {}:
+        if name not in data["stores"]:
+            raise MixerError(f"--input {name}=...: the pipeline has no store {name!r}")
+    tokenizer = _resolve(data["tokenizer"], base)
+    for name, table in data["stores"].items():
+        given = (inputs or {}).get(name)
+        urls = given or [_resolve(u, base) for u in table["inputs"]]
+        options = {k: v for k, v in table.items() if k != "inputs"}
+        if "where" in options:
+            options["where"] = tuple(options["where"])
+        print(f"[{name}] tokenizing {len(urls)} input(s)", file=sys.stderr)
+        job = TokenizeJob(
+            inputs=tuple(urls),
+            tokenizer=tokenizer,
+            out=str(out_dir / "stores" / name),
+            workers=workers,
+            ray_address=ray_address,
+            **options,
+        )
+        tokenize(job, progress=progress)
+
+    mix = dict(data["mix"])
+    mix["source"] = [
+        {"store": str(out_dir / "stores" / s["name"]), **s} if "store" not in s else s
+        for s in mix.get("source", [])
+    ]
+    spec = MixSpec.from_dict(mix, base_dir=base)
+    sampler = MixSampler(spec)
+    report = mix_report(sampler)
+    print(format_report(report))
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "mix.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    output = data.get("output", {})
+    if output.get("export"):
+        exported = export_mix(sampler, out_dir / "mixed", progress=bool(progress))
+        print(f"exported {len(sampler):,} blocks to {exported}", file=sys.stderr)
+    if output.get("plot"):
+        try:
+            plot_mix(sampler, out_dir / "mix.png")
+            print(f"wrote {out_dir / 'mix.png'}", file=sys.stderr)
+        except MixerError as e:  # matplotlib is optional: the run is still complete
+            print(f"skipped the plot: {e}", file=sys.stderr)
+    print(f"pipeline {data.get('name', path)}: done, outputs in {out_dir}", file=sys.stderr)
+    return 0

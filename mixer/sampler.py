@@ -1,0 +1,476 @@
+"""The mixing sampler: a pure function from a global block index to a block of one source.
+
+How index i maps to a block, in O(1) time and with no per-block state:
+
+1. Phase: the phase p whose block range holds i (phases are laid end to end).
+2. Source: each phase's weights become exact fractions a_s / P (`rationalize`). One period of P
+   slots holds each source s exactly a_s times, ordered so that every prefix of the period has
+   |count_s(n) - n a_s / P| < 1 (`build_period`); the period repeats, and since counts return to
+   exactly a_s at its end, the bound holds for every prefix of the phase.
+3. Draw number: j = blocks of s drawn in earlier phases + (whole periods) * a_s + (earlier slots
+   of s in this period): the j-th block the run draws from s, counted across phases.
+4. Block: epoch e, k = divmod(j, n_s) with n_s = (num_tokens - 1) // seq_len, and the block is
+   position k of a keyed permutation of [0, n_s) specific to (seed, source, e)
+   (`mixer.permutation`): every block once per epoch, each epoch in a fresh order.
+
+Block k of a source is tokens [k * seq_len, k * seq_len + seq_len + 1) of its concatenated
+stream, so a trainer takes x = b[:-1], y = b[1:].
+
+The period is the only table: at most `MAX_PERIOD` slots per phase, whatever the run length.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from fractions import Fraction
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+from mixer.errors import MixerError, SpecError
+from mixer.permutation import epoch_keys, permute, permute_one
+from mixer.spec import WEIGHT_TOLERANCE, MixSpec, Phase
+from mixer.store import TokenStore
+
+MAX_PERIOD = 1 << 20
+READ_CHUNK_ROWS = 1024  # blocks located per vectorized call when reading batches
+
+
+class BlockRef(NamedTuple):
+    source: str
+    block: int
+    epoch: int
+    phase: str
+
+
+class BlockRefs(NamedTuple):
+    """`locate_many` results: `source` and `phase` are ids into `source_names`/`phase_names`."""
+
+    source: np.ndarray
+    block: np.ndarray
+    epoch: np.ndarray
+    phase: np.ndarray
+
+
+class Blocks(NamedTuple):
+    """Blocks read from the stores: tokens (n, seq_len + 1), source ids (n,), positions or None."""
+
+    tokens: np.ndarray
+    sources: np.ndarray
+    positions: np.ndarray | None
+
+
+# ---------------------------------------------------------------------------- the period
+
+
+def _simplest_fraction(weight: float, tolerance: Fraction) -> Fraction:
+    """The first continued-fraction convergent within `tolerance` (relative) of `weight`.
+
+    Never 0 for a positive weight. Recovers what users mean: 0.98 -> 49/50, 0.001 -> 1/1000.
+    """
+    x = Fraction(weight)
+    p0, q0, p1, q1 = 0, 1, 1, 0
+    num, den = x.numerator, x.denominator
+    while True:
+        term, rem = divmod(num, den)
+        p0, q0, p1, q1 = p1, q1, term * p1 + p0, term * q1 + q0
+        candidate = Fraction(p1, q1)
+        if abs(candidate - x) <= x * tolerance and (p1 > 0 or x == 0):
+            return candidate
+        num, den = den, rem
+
+
+def rationalize(weights: Sequence[float], where: str = "weights") -> tuple[int, ...]:
+    """Integer slot counts a_s per source (their sum is the period P) for weights summing to ~1.
+
+    When the simplest fractions of the weights sum to exactly 1 with a common denominator of at
+    most MAX_PERIOD, they are used exactly: first within float precision (0.98 -> 49/50,
+    0.999999 -> 999999/1000000, 2**-10 -> 1/1024), else within the spec's 1e-9 tolerance
+    (0.3333333333 -> 1/3). Otherwise P = MAX_PERIOD and the normalized weights are rounded by
+    largest remainder (each off by < 1/P); the report shows the weights used.
+    """
+    for tolerance in (Fraction(1, 10**15), Fraction(WEIGHT_TOLERANCE)):
+        fractions = [_simplest_fraction(w, tolerance) for w in weights]
+        period = math.lcm(*(f.denominator for f in fractions))
+        if sum(fractions) == 1 and period <= MAX_PERIOD:
+            return tuple(int(f * period) for f in fractions)
+    exact = [Fraction(w) for w in weights]
+    total = sum(exact)
+    scaled = [x / total * MAX_PERIOD for x in exact]
+    counts = [math.floor(x) for x in scaled]
+    by_remainder = sorted(range(len(scaled)), key=lambda s: (counts[s] - scaled[s], s))
+    for s in by_remainder[: MAX_PERIOD - sum(counts)]:
+        counts[s] += 1
+    for s, (weight, count) in enumerate(zip(weights, counts, strict=True)):
+        if weight > 0 and count == 0:
+            raise SpecError(
+                f"{where}: weight {weight!r} of source #{s} is below 1/{MAX_PERIOD}, the finest "
+                "the mixer holds next to these other weights"
+            )
+    return tuple(counts)
+
+
+@lru_cache(maxsize=32)
+def build_period(counts: tuple[int, ...]) -> np.ndarray:
+    """Source of each slot of one period: source s in `counts[s]` slots, every prefix within 1.
+
+    Pfair earliest-deadline-first: the j-th slot of s has the window
+    [floor(j P / a_s), ceil((j + 1) P / a_s)); scheduling by earliest deadline among released
+    slots meets every window (the windows are feasible since the weights sum to 1), and meeting
+    them is exactly floor(n a_s / P) <= count_s(n) <= ceil(n a_s / P). Megatron's greedy
+    "largest deficit first" does not guarantee this for more than two sources. The result is
+    verified with exact integer arithmetic before use.
+    """
+    period, k = sum(counts), len(counts)
+    release, keys = [], []
+    for s, count in enumerate(counts):  # per source, so temporaries stay small
+        j = np.arange(count, dtype=np.int64)
+        release.append(j * period // count)
+        keys.append(-((-(j + 1) * period) // count) * k + s)  # deadline first, then source
+    release = np.concatenate(release)
+    order = np.argsort(release, kind="stable")
+    # memoryviews hand out plain ints without a list of P int objects (150 MB at P = 2**20)
+    keys = memoryview(np.concatenate(keys)[order])
+    released_at = memoryview(np.bincount(release, minlength=period))
+    del release, order
+    scheduled = np.empty(period, dtype=np.int64)
+    out, heap, nxt = memoryview(scheduled), [], 0
+    push, pop, pushpop = heapq.heappush, heapq.heappop, heapq.heappushpop
+    for t in range(period):
+        new = released_at[t]
+        if new == 0:
+            out[t] = pop(heap)
+            continue
+        for q in range(nxt, nxt + new - 1):
+            push(heap, keys[q])
+        last = keys[nxt + new - 1]
+        out[t] = pushpop(heap, last) if heap else last
+        nxt += new
+    source_of = (scheduled % k).astype(np.uint16 if k <= 1 << 16 else np.uint32)
+    del scheduled, keys
+    _verify_period(source_of, counts)
+    source_of.flags.writeable = False
+    return source_of
+
+
+def _verify_period(source_of: np.ndarray, counts: tuple[int, ...]) -> None:
+    """Check |count_s(n) P - a_s n| < P for every source and prefix, at the extremes only."""
+    period = len(source_of)
+    slots = np.argsort(source_of, kind="stable")  # slots of source 0, then 1, ...
+    start = 0
+    for count in counts:
+        j = np.arange(count, dtype=np.int64)
+        mine = slots[start : start + count].astype(np.int64)
+        start += count
+        just_after = (j + 1) * period - count * (mine + 1)  # count_s jumps to j + 1
+        just_before = count * mine - j * period  # still j, just before the jump
+        if (just_after >= period).any() or (just_before >= period).any():
+            raise AssertionError(f"period for counts {counts} breaks the prefix bound")
+
+
+class PhaseTable:
+    """One phase resolved against the stores: slot counts, the period and the draws it makes."""
+
+    def __init__(self, phase: Phase, names: Sequence[str], drawn_before: Sequence[int]):
+        self.name = phase.name
+        self.start = phase.start
+        self.blocks = phase.blocks
+        self.targets = tuple(phase.weights[n] for n in names)
+        self.counts = rationalize(self.targets, f"phase '{phase.name}'.weights")
+        self.period = sum(self.counts)
+        self.source_of = build_period(self.counts)
+        self.slots = np.argsort(self.source_of, kind="stable")  # slots of source 0, then 1, ...
+        self.slot_offsets = np.concatenate([[0], np.cumsum(self.counts)])
+        self.rank_of = np.empty(self.period, dtype=np.uint32)
+        self.rank_of[self.slots] = np.arange(self.period) - np.repeat(
+            self.slot_offsets[:-1], self.counts
+        )
+        self.drawn_before = tuple(drawn_before)
+        self.draws = tuple(self.count_before(s, self.blocks) for s in range(len(names)))
+        # plain-int views for the scalar path; numpy arrays for the vectorized one
+        self._source_view = memoryview(self.source_of)
+        self._rank_view = memoryview(self.rank_of)
+        self._counts_np = np.asarray(self.counts, dtype=np.int64)
+        self._drawn_before_np = np.asarray(self.drawn_before, dtype=np.int64)
+
+    @property
+    def used_weights(self) -> tuple[float, ...]:
+        return tuple(c / self.period for c in self.counts)
+
+    def count_before(self, s: int, n: int) -> int:
+        """Blocks of source s among this phase's first n blocks."""
+        m, r = divmod(n, self.period)
+        lo, hi = self.slot_offsets[s], self.slot_offsets[s + 1]
+        return m * self.counts[s] + int(np.searchsorted(self.slots[lo:hi], r))
+
+    def draw(self, n: int) -> tuple[int, int]:
+        """(source, run-wide draw number) of this phase's block n."""
+        m, r = divmod(n, self.period)
+        s = self._source_view[r]
+        return s, self.drawn_before[s] + m * self.counts[s] + self._rank_view[r]
+
+    def draw_many(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m, r = np.divmod(n, self.period)
+        s = self.source_of[r].astype(np.int64)
+        return s, self._drawn_before_np[s] + m * self._counts_np[s] + self.rank_of[r]
+
+    def index_of(self, s: int, j: int) -> int:
+        """Phase-relative index of the j-th block this phase draws from source s."""
+        m, q = divmod(j, self.counts[s])
+        return m * self.period + int(self.slots[self.slot_offsets[s] + q])
+
+
+# ---------------------------------------------------------------------------- reading blocks
+
+
+class _SourceReader:
+    """Copies blocks of one store, straight from plain ndarray views of its shards."""
+
+    def __init__(self, store: TokenStore, seq_len: int):
+        self.store = store
+        self.width = seq_len + 1
+        self.seq_len = seq_len
+        self.offsets = [int(x) for x in store.token_offsets]
+        # ndarray views over the memmaps: slicing a np.memmap costs microseconds, a view does not
+        self.views = [shard.tokens.view(np.ndarray) for shard in store.shards]
+
+    def slice(self, block: int) -> np.ndarray:
+        """The block's tokens: a view into one shard, or a new array when it spans two."""
+        start = block * self.seq_len
+        shard = bisect_right(self.offsets, start) - 1
+        lo = start - self.offsets[shard]
+        if start + self.width <= self.offsets[shard + 1]:
+            return self.views[shard][lo : lo + self.width]
+        return self.store.tokens(start, start + self.width)
+
+    def positions(self, block: int) -> np.ndarray:
+        """Position ids that restart at 0 at each document start inside the block."""
+        start = block * self.seq_len
+        starts = self.store.document_starts(start, start + self.width) - start
+        reset = np.zeros(self.width, dtype=np.int64)
+        reset[starts] = starts
+        return np.arange(self.width) - np.maximum.accumulate(reset)
+
+
+# ---------------------------------------------------------------------------- the sampler
+
+
+class MixSampler:
+    """Opens the stores of a spec and maps global block indices to blocks, statelessly.
+
+    Same spec and stores give the same stream on any machine and world size. `stores` lets
+    callers pass already-open stores by source name (tests, caches of remote stores).
+    """
+
+    def __init__(self, spec: MixSpec, stores: Mapping[str, TokenStore] | None = None):
+        self.spec = spec
+        self.seq_len = spec.seq_len
+        self.source_names = tuple(s.name for s in spec.sources)
+        self.stores = tuple(
+            stores[s.name] if stores is not None else TokenStore.open(s.store) for s in spec.sources
+        )
+        self._check_stores()
+        self.source_blocks = tuple((st.num_tokens - 1) // self.seq_len for st in self.stores)
+        self.dtype = np.result_type(*(st.dtype for st in self.stores))
+        tables, drawn = [], [0] * len(self.source_names)
+        for phase in spec.plan:
+            tables.append(PhaseTable(phase, self.source_names, drawn))
+            drawn = [d + n for d, n in zip(drawn, tables[-1].draws, strict=True)]
+        self.phases = tuple(tables)
+        self.phase_names = tuple(t.name for t in self.phases)
+        self.draws = tuple(drawn)  # blocks drawn from each source over the whole run
+        self._starts = [t.start for t in self.phases]
+        self._len = spec.num_blocks
+        self._check_repeats()
+        self._readers = tuple(_SourceReader(st, self.seq_len) for st in self.stores)
+        self._source_blocks_np = np.asarray(self.source_blocks, dtype=np.int64)
+
+    def __reduce__(self) -> tuple:
+        """Pickle (DataLoader workers under spawn) as the spec and store paths, reopened on load:
+        never the memory maps, which would copy the data."""
+        roots = {n: str(st.root) for n, st in zip(self.source_names, self.stores, strict=True)}
+        return _reopen, (self.spec, roots)
+
+    def _check_stores(self) -> None:
+        first, sha0 = self.source_names[0], self.stores[0].tokenizer_sha256
+        for name, store in zip(self.source_names, self.stores, strict=True):
+            if store.tokenizer_sha256 != sha0:
+                raise SpecError(
+                    f"source '{name}'.store: tokenizer sha256 {store.tokenizer_sha256[:12]}… "
+                    f"differs from source '{first}' ({sha0[:12]}…); a mix needs one tokenizer"
+                )
+            if store.num_tokens < self.seq_len + 1:
+                raise SpecError(
+                    f"source '{name}'.store: {store.num_tokens} tokens is too small for one "
+                    f"block of seq_len {self.seq_len} (needs {self.seq_len + 1})"
+                )
+
+    def _check_repeats(self) -> None:
+        for source, drawn, n in zip(self.spec.sources, self.draws, self.source_blocks, strict=True):
+            limit = source.max_repeats
+            if limit is not None and drawn > limit * n:
+                fits = math.floor(limit * n / self._len * 1e6) / 1e6
+                raise SpecError(
+                    f"source '{source.name}'.max_repeats: {limit}, but the plan draws {drawn} "
+                    f"blocks of its {n}, {drawn / n:.1f} epochs, so it needs "
+                    f"{-(-drawn // n)}; the largest fraction of the stream that fits is {fits:g}"
+                )
+
+    # -- the mapping
+    def __len__(self) -> int:
+        return self._len
+
+    def _locate(self, i: int) -> tuple[int, int, int, int]:
+        """(source id, block, epoch, phase id) of global block i."""
+        i = int(i)
+        if not -self._len <= i < self._len:
+            raise IndexError(f"block index {i} outside [0, {self._len})")
+        i %= self._len
+        p = bisect_right(self._starts, i) - 1 if len(self._starts) > 1 else 0
+        s, j = self.phases[p].draw(i - self._starts[p])
+        n = self.source_blocks[s]
+        epoch, k = divmod(j, n)
+        block = permute_one(k, n, epoch_keys(self.spec.seed, self.source_names[s], epoch))
+        return s, block, epoch, p
+
+    def locate(self, i: int) -> BlockRef:
+        """Which block of which source is global block i."""
+        s, block, epoch, p = self._locate(i)
+        return BlockRef(self.source_names[s], block, epoch, self.phase_names[p])
+
+    def locate_many(self, indices: Iterable[int] | np.ndarray) -> BlockRefs:
+        """Vectorized `locate` for indices in [0, len)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._len):
+            raise IndexError(f"block indices outside [0, {self._len})")
+        phase = np.searchsorted(self._starts, idx, side="right") - 1
+        source = np.empty(idx.shape, dtype=np.int64)
+        draw = np.empty(idx.shape, dtype=np.int64)
+        if len(self.phases) == 1:
+            source[...], draw[...] = self.phases[0].draw_many(idx)
+        else:
+            for p, table in enumerate(self.phases):
+                sel = phase == p
+                if sel.any():
+                    source[sel], draw[sel] = table.draw_many(idx[sel] - table.start)
+        n = self._source_blocks_np[source]
+        epoch, k = np.divmod(draw, n)
+        block = np.empty(idx.shape, dtype=np.int64)
+        for s in np.unique(source).tolist():
+            sel = source == s
+            epochs, inverse = np.unique(epoch[sel], return_inverse=True)
+            name = self.source_names[s]
+            keys = np.array(
+                [epoch_keys(self.spec.seed, name, e) for e in epochs.tolist()], dtype=np.uint64
+            )
+            block[sel] = permute(k[sel], self.source_blocks[s], keys.T[:, inverse])
+        return BlockRefs(source, block, epoch, phase)
+
+    # -- counts, for reports and checks
+    def source_counts(self, stops: Iterable[int] | np.ndarray) -> np.ndarray:
+        """(len(stops), sources) array: blocks of each source among global blocks [0, stop)."""
+        stops = np.asarray(stops, dtype=np.int64)
+        if stops.size and (stops.min() < 0 or stops.max() > self._len):
+            raise IndexError(f"stops outside [0, {self._len}]")
+        phase = np.maximum(np.searchsorted(self._starts, stops, side="right") - 1, 0)
+        out = np.zeros((len(stops), len(self.source_names)), dtype=np.int64)
+        for p, table in enumerate(self.phases):
+            sel = phase == p
+            if not sel.any():
+                continue
+            m, r = np.divmod(stops[sel] - table.start, table.period)
+            for s, count in enumerate(table.counts):
+                slots = table.slots[table.slot_offsets[s] : table.slot_offsets[s + 1]]
+                out[sel, s] = table.drawn_before[s] + m * count + np.searchsorted(slots, r)
+        return out
+
+    def index_of_draw(self, source: str, j: int) -> int:
+        """Global index of the j-th block the run draws from `source` (inverse of `locate`)."""
+        s = self.source_names.index(source)
+        if not 0 <= j < self.draws[s]:
+            raise IndexError(f"draw {j} of source {source!r} outside [0, {self.draws[s]})")
+        for table in self.phases:
+            if j < table.drawn_before[s] + table.draws[s]:
+                return table.start + table.index_of(s, j - table.drawn_before[s])
+        raise AssertionError("unreachable: draws add up over phases")
+
+    # -- tokens
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Tokens of global block i: `seq_len + 1` ids in the stores' dtype, a new array."""
+        s, block, _, _ = self._locate(i)
+        return self._readers[s].slice(block).astype(self.dtype)
+
+    def get(self, i: int, positions: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Tokens of block i, and with `positions` also ids restarting at each document start."""
+        if not positions:
+            return self[i]
+        s, block, _, _ = self._locate(i)
+        reader = self._readers[s]
+        return reader.slice(block).astype(self.dtype), reader.positions(block)
+
+    def read_many(self, indices: Iterable[int] | np.ndarray, positions: bool = False) -> Blocks:
+        """Blocks of many global indices at once (the loaders' path)."""
+        refs = self.locate_many(indices)
+        rows = list(zip(refs.source.tolist(), refs.block.tolist(), strict=True))
+        tokens = np.empty((len(rows), self.seq_len + 1), dtype=self.dtype)
+        readers = self._readers
+        for row, (s, block) in enumerate(rows):
+            tokens[row] = readers[s].slice(block)
+        pos = None
+        if positions:
+            pos = np.empty(tokens.shape, dtype=np.int64)
+            for row, (s, block) in enumerate(rows):
+                pos[row] = readers[s].positions(block)
+        return Blocks(tokens, refs.source, pos)
+
+    # -- batches
+    def num_batches(self, global_batch_size: int) -> int:
+        """Whole global batches in the stream; a trailing partial batch is dropped."""
+        return self._len // global_batch_size
+
+    def read_batches(
+        self,
+        batch_size: int,
+        steps: Iterable[int],
+        rank: int = 0,
+        world_size: int = 1,
+        positions: bool = False,
+    ) -> Iterator[Blocks]:
+        """This rank's slice of the given global batches, located in chunks to amortize numpy."""
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise MixerError(
+                f"batch_size {batch_size}, rank {rank}, world_size {world_size}: need "
+                "batch_size >= 1 and 0 <= rank < world_size"
+            )
+        width = batch_size * world_size
+        per_chunk = max(1, READ_CHUNK_ROWS // batch_size)
+        steps = iter(steps)
+        while chunk := [s for _, s in zip(range(per_chunk), steps, strict=False)]:
+            if min(chunk) < 0 or max(chunk) >= self.num_batches(width):
+                raise IndexError(f"steps outside [0, {self.num_batches(width)})")
+            first = np.asarray(chunk, dtype=np.int64)[:, None] * width + rank * batch_size
+            blocks = self.read_many((first + np.arange(batch_size)).ravel(), positions)
+            for b in range(len(chunk)):
+                rows = slice(b * batch_size, (b + 1) * batch_size)
+                yield Blocks(
+                    blocks.tokens[rows],
+                    blocks.sources[rows],
+                    None if blocks.positions is None else blocks.positions[rows],
+                )
+
+    def batches(
+        self, batch_size: int, rank: int = 0, world_size: int = 1, start_step: int = 0
+    ) -> Iterator[np.ndarray]:
+        """(batch_size, seq_len + 1) arrays: global batch g is indices [g G, (g + 1) G),
+        G = batch_size * world_size, and rank r takes its r-th contiguous slice."""
+        steps = range(start_step, self.num_batches(batch_size * world_size))
+        for blocks in self.read_batches(batch_size, steps, rank, world_size):
+            yield blocks.tokens
+
+
+def _reopen(spec: MixSpec, roots: Mapping[str, str]) -> MixSampler:
+    return MixSampler(spec, {name: TokenStore.open(root) for name, root in roots.items()})

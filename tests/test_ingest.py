@@ -1,0 +1,323 @@
+"""End-to-end `mixer tokenize`: formats, exact ids, determinism, crash safety, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from conftest import CORPUS
+from tokenizers import Tokenizer
+
+from mixer.cli import main
+from mixer.errors import MixerError
+from mixer.ingest import TokenizeJob, tokenize
+from mixer.store import MANIFEST, TokenStore
+
+
+def documents(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [
+        CORPUS[int(rng.integers(len(CORPUS)))] + f" doc {i} " * int(rng.integers(1, 9))
+        for i in range(n)
+    ]
+
+
+def jsonl_bytes(texts: list[str]) -> bytes:
+    return "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts)).encode()
+
+
+def write_corpus(fs, root: str, fmt: str, texts: list[str]) -> str:
+    """Write `texts` in format `fmt` under `root` with filesystem `fs`; returns the file URL."""
+    path = f"{root}/corpus.{fmt}"
+    with fs.open(path, "wb") as f:
+        if fmt == "jsonl":
+            f.write(jsonl_bytes(texts))
+        elif fmt == "jsonl.gz":
+            f.write(gzip.compress(jsonl_bytes(texts), mtime=0))
+        elif fmt == "jsonl.zst":
+            half = len(texts) // 2  # two zstd frames back to back, as real dumps have
+            cctx = zstandard.ZstdCompressor()
+            f.write(
+                cctx.compress(jsonl_bytes(texts[:half])) + cctx.compress(jsonl_bytes(texts[half:]))
+            )
+        elif fmt == "parquet":
+            pq.write_table(
+                pa.table({"text": texts, "n": list(range(len(texts)))}), f, row_group_size=7
+            )
+        elif fmt == "txt":
+            f.write(texts[0].encode())
+    return path
+
+
+def reference_ids(tokenizer_path: str, texts: list[str]) -> list[list[int]]:
+    tok = Tokenizer.from_file(tokenizer_path)
+    eos = tok.token_to_id("<|endoftext|>")
+    return [tok.encode(t, add_special_tokens=False).ids + [eos] for t in texts]
+
+
+def store_files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "jsonl.zst", "parquet", "txt"])
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_every_format_gives_reference_token_ids(tmp_path, tokenizer_path, fmt, where):
+    texts = documents(40)
+    if where == "local":
+        fs, root = fsspec.filesystem("file"), str(tmp_path / "in")
+        fs.makedirs(root)
+    else:
+        fs, root = fsspec.filesystem("memory"), f"memory://{tmp_path.name}-{fmt}"
+    url = write_corpus(fs, root, fmt, texts)
+    if fmt == "txt":
+        texts = texts[:1]
+    job = TokenizeJob(
+        inputs=(url,),
+        tokenizer=tokenizer_path,
+        out=str(tmp_path / "store"),
+        workers=0,
+        chunk_bytes=1000,
+    )
+    manifest = tokenize(job, progress=False)
+    store = TokenStore.open(tmp_path / "store")
+    assert [store.document(i).tolist() for i in range(store.num_documents)] == reference_ids(
+        tokenizer_path, texts
+    )
+    assert manifest["num_documents"] == len(texts)
+    store.verify()
+
+
+def test_same_store_bytes_for_any_worker_count(tmp_path, tokenizer_path, ray_local):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.jsonl").write_bytes(jsonl_bytes(documents(300, seed=1)))
+    (src / "b.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(documents(50, seed=2)), mtime=0))
+    results = []
+    for workers in (0, 1, 2):
+        out = tmp_path / f"store{workers}"
+        tokenize(
+            TokenizeJob(
+                inputs=(str(src),),
+                tokenizer=tokenizer_path,
+                out=str(out),
+                workers=workers,
+                chunk_bytes=4096,
+            ),
+            progress=False,
+        )
+        results.append(store_files(out))
+    assert len(results[0]) > 6  # several byte-range shards, so ordering is exercised
+    assert results[0] == results[1] == results[2]
+
+
+def test_split_jsonl_keeps_input_order(tmp_path, tokenizer_path):
+    texts = documents(200, seed=3)
+    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(texts))
+    tokenize(
+        TokenizeJob(
+            inputs=(str(tmp_path / "a.jsonl"),),
+            tokenizer=tokenizer_path,
+            out=str(tmp_path / "s"),
+            workers=0,
+            chunk_bytes=999,
+        ),
+        progress=False,
+    )
+    store = TokenStore.open(tmp_path / "s")
+    assert len(store.shards) > 5
+    assert [store.document(i).tolist() for i in range(len(texts))] == reference_ids(
+        tokenizer_path, texts
+    )
+
+
+def test_skip_mode_counts_bad_records_in_manifest(tmp_path, tokenizer_path):
+    lines = [
+        json.dumps({"text": "good one"}).encode(),
+        b"{not json",
+        json.dumps({"body": "no text field"}).encode(),
+        json.dumps({"text": 5}).encode(),
+        json.dumps({"text": ""}).encode(),
+        b'{"text": "bad \xff utf8"}',
+        json.dumps({"text": "good two"}).encode(),
+    ]
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    job = TokenizeJob(
+        inputs=(str(tmp_path / "bad.jsonl"),),
+        tokenizer=tokenizer_path,
+        out=str(tmp_path / "s"),
+        workers=0,
+        on_error="skip",
+    )
+    manifest = tokenize(job, progress=False)
+    assert manifest["num_documents"] == 2
+    assert manifest["skipped"] == {
+        "empty_text": 1,
+        "invalid_utf8": 1,
+        "malformed_json": 1,
+        "missing_text": 1,
+        "non_string_text": 1,
+    }
+    with pytest.raises(MixerError, match=r"bad\.jsonl:2:"):
+        tokenize(
+            TokenizeJob(
+                inputs=(str(tmp_path / "bad.jsonl"),),
+                tokenizer=tokenizer_path,
+                out=str(tmp_path / "s2"),
+                workers=0,
+            ),
+            progress=False,
+        )
+    assert not (tmp_path / "s2" / MANIFEST).exists()
+
+
+def test_where_filter_is_recorded_and_applied(tmp_path, tokenizer_path):
+    table = pa.table({"text": ["abc tune", "chat", "kern tune"], "src": ["abc", "alpaca", "kern"]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    manifest = tokenize(
+        TokenizeJob(
+            inputs=(str(tmp_path / "m.parquet"),),
+            tokenizer=tokenizer_path,
+            out=str(tmp_path / "s"),
+            workers=0,
+            where=("src in ['abc', 'kern']",),
+        ),
+        progress=False,
+    )
+    assert manifest["num_documents"] == 2 and manifest["filtered"] == 1
+    assert manifest["job"]["where"] and "src" in manifest["job"]["where"][0]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path, tokenizer_path, capsys):
+    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello"]))
+    (tmp_path / "a.weird").write_bytes(b"x")
+    out = tmp_path / "out"
+    cases = [
+        ([str(tmp_path / "a.weird"), "-t", tokenizer_path], "unknown format"),
+        ([str(tmp_path / "a.jsonl"), "-t", str(tmp_path / "nope.json")], "tokenizer not found"),
+        ([str(tmp_path / "*.parquet"), "-t", tokenizer_path], "no input files"),
+        ([str(tmp_path / "a.jsonl"), "-t", tokenizer_path, "--format", "xml"], "--format"),
+        ([str(tmp_path / "a.jsonl"), "-t", tokenizer_path, "--eos-token", "<nope>"], "eos"),
+    ]
+    for args, message in cases:
+        code, err = run_cli(["tokenize", *args, "-o", str(out), "--workers", "0"], capsys)
+        assert code == 1, args
+        assert err.startswith("mixer: error:") and err.count("\n") == 1, err
+        assert message.lower() in err.lower(), err
+        assert not out.exists()
+
+
+def test_out_dir_with_other_tokenizer_is_refused(tmp_path, tokenizer_path, capsys):
+    from conftest import train_tokenizer
+
+    other = train_tokenizer(tmp_path / "other.json", vocab_size=400)
+    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello world"]))
+    args = ["tokenize", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "s"), "--workers", "0"]
+    assert run_cli([*args, "-t", tokenizer_path], capsys)[0] == 0
+    before = store_files(tmp_path / "s")
+    code, err = run_cli([*args, "-t", other], capsys)
+    assert code == 1 and "another tokenizer" in err
+    assert store_files(tmp_path / "s") == before
+    code, err = run_cli([*args, "-t", tokenizer_path], capsys)
+    assert code == 0 and "already complete" in err
+
+
+def test_corrupt_zstd_is_an_error_even_when_skipping(tmp_path, tokenizer_path):
+    data = zstandard.ZstdCompressor().compress(jsonl_bytes(documents(200)))
+    (tmp_path / "cut.jsonl.zst").write_bytes(data[: len(data) - 20])
+    for on_error in ("fail", "skip"):
+        with pytest.raises(MixerError, match=r"cut\.jsonl\.zst"):
+            tokenize(
+                TokenizeJob(
+                    inputs=(str(tmp_path / "cut.jsonl.zst"),),
+                    tokenizer=tokenizer_path,
+                    out=str(tmp_path / f"s-{on_error}"),
+                    workers=0,
+                    on_error=on_error,
+                ),
+                progress=False,
+            )
+        assert not (tmp_path / f"s-{on_error}" / MANIFEST).exists()
+
+
+def test_five_megabyte_document(tmp_path, tokenizer_path):
+    text = ("word " * 1_000_000)[:5_000_000]
+    (tmp_path / "big.jsonl").write_text(json.dumps({"text": text}) + "\n")
+    manifest = tokenize(
+        TokenizeJob(
+            inputs=(str(tmp_path / "big.jsonl"),),
+            tokenizer=tokenizer_path,
+            out=str(tmp_path / "s"),
+            workers=0,
+        ),
+        progress=False,
+    )
+    assert manifest["num_documents"] == 1
+    assert (
+        TokenStore.open(tmp_path / "s").document(0).tolist()
+        == reference_ids(tokenizer_path, [text])[0]
+    )
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_byte_identical_store(tmp_path, tokenizer_path):
+    """SIGKILL a real `mixer tokenize` run mid-way, rerun it, compare with an undisturbed run."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(8):
+        (src / f"part{i}.jsonl").write_bytes(jsonl_bytes(documents(3000, seed=10 + i)))
+    base = [
+        sys.executable,
+        "-m",
+        "mixer.cli",
+        "tokenize",
+        str(src),
+        "-t",
+        tokenizer_path,
+        "--workers",
+        "1",
+        "--chunk-mb",
+        "1",
+        "--no-progress",
+    ]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([*base, "-o", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
+
+    victim = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*base, "-o", str(victim)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(victim.glob("shard-*.bin"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
+    proc.wait()
+    finished_before = len(list(victim.glob("shard-*.bin")))
+    assert finished_before >= 2 and not (victim / MANIFEST).exists()
+
+    result = subprocess.run([*base, "-o", str(victim)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    reused = int(result.stderr.split(" reused)")[0].rsplit("(", 1)[1])
+    assert 1 <= reused < 8  # finished shards were kept, the rest redone
+    assert store_files(victim) == store_files(tmp_path / "clean")

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_sampler import make_store, spec_for
+
+from mixer.errors import MixerError
+from mixer.loader import BatchIterator
+from mixer.sampler import MixSampler
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory) -> MixSampler:
+    root = tmp_path_factory.mktemp("loader")
+    stores = {"a": make_store(root / "a", 900, seed=1), "b": make_store(root / "b", 300, seed=2)}
+    return MixSampler(spec_for(stores, {"a": 0.7, "b": 0.3}, seq_len=8, blocks=203))
+
+
+def test_batches_carry_tokens_source_ids_and_the_global_step(sampler):
+    batches = list(BatchIterator(sampler, batch_size=3, rank=1, world_size=2))
+    assert len(batches) == 203 // 6
+    for step, batch in enumerate(batches):
+        assert batch["step"] == step
+        indices = range(step * 6 + 3, step * 6 + 6)
+        assert np.array_equal(batch["tokens"], np.stack([sampler[i] for i in indices]))
+        names = [sampler.source_names[s] for s in batch["source"]]
+        assert names == [sampler.locate(i).source for i in indices]
+        assert "positions" not in batch
+
+
+def test_positions_come_with_the_tokens_when_asked(sampler):
+    batch = next(iter(BatchIterator(sampler, batch_size=2, positions=True)))
+    for row in range(2):
+        assert np.array_equal(batch["positions"][row], sampler.get(row, positions=True)[1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(stop_after=st.integers(0, 33))
+def test_state_dict_after_k_batches_resumes_at_batch_k(sampler, stop_after):
+    uninterrupted = [b["tokens"] for b in BatchIterator(sampler, batch_size=6)]
+    first = BatchIterator(sampler, batch_size=6)
+    seen = [b["tokens"] for _, b in zip(range(stop_after), first, strict=False)]
+    state = first.state_dict()
+    assert state == {"step": stop_after, "global_batch_size": 6}
+    resumed = BatchIterator(sampler, batch_size=6)
+    resumed.load_state_dict(state)
+    assert len(resumed) == len(uninterrupted) - stop_after
+    seen += [b["tokens"] for b in resumed]
+    assert len(seen) == len(uninterrupted)
+    assert all(np.array_equal(a, b) for a, b in zip(seen, uninterrupted, strict=True))
+
+
+def test_resuming_on_a_different_world_size_with_the_same_global_batch(sampler):
+    single = BatchIterator(sampler, batch_size=4, world_size=1)
+    for _ in zip(range(5), single, strict=False):
+        pass
+    ranks = [BatchIterator(sampler, batch_size=2, rank=r, world_size=2) for r in range(2)]
+    for it in ranks:
+        it.load_state_dict(single.state_dict())
+    reference = list(BatchIterator(sampler, batch_size=4, start_step=5))
+    for parts, ref in zip(zip(*ranks, strict=True), reference, strict=True):
+        assert parts[0]["step"] == parts[1]["step"] == ref["step"]
+        assert np.array_equal(np.concatenate([p["tokens"] for p in parts]), ref["tokens"])
+
+
+def test_a_checkpoint_from_another_global_batch_size_is_rejected(sampler):
+    it = BatchIterator(sampler, batch_size=4)
+    with pytest.raises(MixerError, match="global_batch_size: checkpoint has 8, this loader has 4"):
+        it.load_state_dict({"step": 3, "global_batch_size": 8})
+
+
+def test_a_step_past_the_end_is_rejected(sampler):
+    with pytest.raises(MixerError, match=r"step: 51 outside \[0, 50\]"):
+        BatchIterator(sampler, batch_size=4, start_step=51)

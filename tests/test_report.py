@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_sampler import make_store
+
+from mixer.errors import MixerError, SpecError
+from mixer.report import export_mix, format_report, mix_report, plot_mix, run_mix
+from mixer.sampler import MixSampler
+from mixer.spec import MixSpec
+from mixer.store import TokenStore
+
+SPEC = """
+seq_len = 8
+seed = 7
+total_tokens = 8000
+
+[[source]]
+name = "web"
+store = "web"
+weight = 0.9
+
+[[source]]
+name = "proofpile"
+store = "proofpile"
+weight = 0.1
+max_repeats = {max_repeats}
+
+[[phase]]
+name = "anneal"
+blocks = 200
+weights = {{ proofpile = 0.5, web = 0.5 }}
+"""
+
+
+@pytest.fixture()
+def spec_path(tmp_path):
+    make_store(tmp_path / "web", 8 * 2000 + 1, seed=1, docs_per_shard=10)
+    make_store(tmp_path / "proofpile", 8 * 10 + 1, seed=2)  # 10 blocks
+    path = tmp_path / "mix.toml"
+    path.write_text(SPEC.format(max_repeats=50))
+    return path
+
+
+def test_report_counts_blocks_fractions_epochs_and_repeat_starts(spec_path):
+    sampler = MixSampler(MixSpec.from_toml(spec_path))
+    report = mix_report(sampler)
+    assert report["blocks"] == 1000
+    main, anneal = report["phases"]
+    assert (main["name"], main["blocks"], main["period"]) == ("main", 800, 10)
+    assert main["sources"]["proofpile"]["blocks"] == 80
+    assert main["sources"]["proofpile"]["achieved"] == pytest.approx(0.1)
+    assert anneal["sources"]["proofpile"]["blocks"] == 100
+    pp = report["sources"]["proofpile"]
+    assert (pp["blocks"], pp["tokens"], pp["epochs"], pp["repeats"]) == (180, 1440, 18.0, 17)
+    assert sum(s["blocks"] for s in report["sources"].values()) == 1000
+    refs = sampler.locate_many(np.arange(1000))
+    mine = np.flatnonzero(refs.source == sampler.source_names.index("proofpile"))
+    first_of_epoch = [int(mine[np.argmax(refs.epoch[mine] == e)]) for e in range(1, 18)]
+    assert pp["repeat_starts"] == first_of_epoch
+    json.dumps(report)  # plain data
+
+
+def test_formatted_report_shows_epochs_per_source(spec_path):
+    text = format_report(mix_report(MixSampler(MixSpec.from_toml(spec_path))))
+    assert "proofpile: 18.0 epochs (180 blocks drawn of 10, max_repeats 50)" in text
+    assert "(+12 more)" in text
+    assert "phase anneal: blocks [800, 1,000)" in text
+
+
+def test_run_mix_prints_the_report_as_text_or_json(spec_path, capsys):
+    assert run_mix(str(spec_path), True, False, None, 0, None, None) == 0
+    assert "proofpile: 18.0 epochs" in capsys.readouterr().out
+    assert run_mix(str(spec_path), True, True, None, 0, None, None) == 0
+    assert json.loads(capsys.readouterr().out)["sources"]["web"]["blocks"] == 820
+
+
+def test_run_mix_raises_on_a_plan_past_max_repeats(spec_path):
+    spec_path.write_text(SPEC.format(max_repeats=10))
+    with pytest.raises(SpecError, match="needs 18; the largest fraction of the stream"):
+        run_mix(str(spec_path), True, False, None, 0, None, None)
+
+
+def test_export_writes_each_block_as_one_sequence_of_a_verified_store(spec_path, tmp_path):
+    sampler = MixSampler(MixSpec.from_toml(spec_path))
+    out = export_mix(sampler, tmp_path / "out", start=95, stop=310, progress=False, shard_blocks=64)
+    store = TokenStore.open(out)
+    store.verify()
+    assert len(store.shards) == 4  # 215 blocks in shards of at most 64
+    assert store.num_documents == 215
+    for k in range(215):
+        assert np.array_equal(store.document(k), sampler[95 + k])
+    mix = store.manifest["mix"]
+    assert (mix["start"], mix["stop"], mix["sequence_tokens"]) == (95, 310, 9)
+    assert MixSpec.from_dict(mix["spec"]) == sampler.spec
+    assert store.manifest["tokenizer"] == sampler.stores[0].manifest["tokenizer"]
+
+
+def test_export_refuses_an_existing_store_and_a_bad_range(spec_path, tmp_path):
+    sampler = MixSampler(MixSpec.from_toml(spec_path))
+    export_mix(sampler, tmp_path / "out", stop=10, progress=False)
+    with pytest.raises(MixerError, match="already a token store"):
+        export_mix(sampler, tmp_path / "out", stop=10, progress=False)
+    with pytest.raises(MixerError, match=r"\[5, 2000\) is not a range inside \[0, 1000\]"):
+        export_mix(sampler, tmp_path / "other", start=5, stop=2000, progress=False)
+
+
+def test_run_mix_exports_and_plots(spec_path, tmp_path, capsys):
+    png = tmp_path / "mix.png"
+    assert run_mix(str(spec_path), False, False, str(tmp_path / "x"), 0, 50, str(png)) == 0
+    assert capsys.readouterr().out == ""  # no report unless asked; status goes to stderr
+    assert TokenStore.open(tmp_path / "x").num_documents == 50
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_a_clear_error(spec_path, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    sampler = MixSampler(MixSpec.from_toml(spec_path))
+    with pytest.raises(MixerError, match=r"--plot needs matplotlib"):
+        plot_mix(sampler, tmp_path / "x.png")

@@ -1,0 +1,236 @@
+"""The bundled samples: reproducible from the generator, and shaped like the published dumps."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+SAMPLES = PIPELINES / "samples"
+TOKENIZER = PIPELINES / "tokenizer.json"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("make_samples", PIPELINES / "make_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_samples = load_generator()
+
+
+def checksums(root: Path) -> tuple[list[str], dict[str, str]]:
+    """(version header lines, {relative path: sha256}) of a SHA256SUMS file."""
+    header, files = [], {}
+    for line in (root / "SHA256SUMS").read_text().splitlines():
+        if line.startswith("#"):
+            header.append(line)
+        else:
+            digest, rel = line.split("  ", 1)
+            files[rel] = digest
+    return header, files
+
+
+def read_records(path: Path) -> list[dict]:
+    """Decode a sample file independently of the generator's own helpers."""
+    if path.name.endswith(".parquet"):
+        return pq.read_table(path).to_pylist()
+    if path.name.endswith(".gz"):
+        raw = gzip.decompress(path.read_bytes())
+    else:
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(path.read_bytes()), read_across_frames=True
+        )
+        raw = reader.read()
+    return [json.loads(line) for line in raw.decode().splitlines()]
+
+
+def zstd_frames(data: bytes) -> int:
+    count = 0
+    while data:
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        dobj.decompress(data)
+        data = dobj.unused_data
+        count += 1
+    return count
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("samples")
+    make_samples.generate(out, seed=0)
+    return out
+
+
+def test_committed_samples_match_their_checksums_and_nothing_else_is_there():
+    _, listed = checksums(SAMPLES)
+    present = {
+        p.relative_to(SAMPLES).as_posix()
+        for p in SAMPLES.rglob("*")
+        if p.is_file() and p.name != "SHA256SUMS"
+    }
+    assert present == set(listed)
+    for rel, digest in listed.items():
+        assert hashlib.sha256((SAMPLES / rel).read_bytes()).hexdigest() == digest, rel
+
+
+def test_regenerating_gives_the_committed_records(regenerated):
+    _, listed = checksums(SAMPLES)
+    assert set(checksums(regenerated)[1]) == set(listed)
+    for rel in listed:
+        assert read_records(regenerated / rel) == read_records(SAMPLES / rel), rel
+
+
+def test_regenerating_gives_the_committed_bytes(regenerated):
+    """Compressed bytes also depend on pyarrow/zstd/zlib, so this holds only on the versions the
+    committed files were written with (the records test above holds on any)."""
+    committed_versions, committed = checksums(SAMPLES)
+    versions, fresh = checksums(regenerated)
+    if versions != committed_versions:
+        pytest.skip(f"samples were written with {committed_versions}, this is {versions}")
+    assert fresh == committed
+    for rel in committed:
+        assert (regenerated / rel).read_bytes() == (SAMPLES / rel).read_bytes(), rel
+
+
+def test_generation_is_byte_deterministic_for_a_seed_and_changes_with_it(tmp_path):
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        make_samples.generate(tmp_path / name, seed=seed, scale=0.02)
+        runs[name] = {
+            p.relative_to(tmp_path / name).as_posix(): p.read_bytes()
+            for p in sorted((tmp_path / name).rglob("*"))
+            if p.is_file()
+        }
+    assert runs["a"] == runs["b"]
+    fineweb = "fineweb/data/CC-MAIN-2024-10/000_00000.parquet"
+    texts = {k: [r["text"] for r in read_records(tmp_path / k / fineweb)] for k in "ac"}
+    assert texts["a"] != texts["c"]
+
+
+def test_proofpile_meta_is_a_json_string_naming_the_set():
+    files = sorted(SAMPLES.glob("proofpile/train/proofpile_train_*.jsonl.gz"))
+    assert len(files) == 2
+    sets = set()
+    for path in files:
+        for record in read_records(path):
+            assert set(record) == {"text", "meta"}
+            assert isinstance(record["meta"], str)
+            sets.add(json.loads(record["meta"])["set_name"])
+    assert sets == {"arxiv", "formal"}
+
+
+def test_proof_pile_2_files_are_several_zstd_frames_with_meta_objects():
+    files = sorted(SAMPLES.glob("proof-pile-2/**/*.jsonl.zst"))
+    assert len(files) == 3
+    for path in files:
+        assert zstd_frames(path.read_bytes()) >= 2, path
+        records = read_records(path)
+        assert all(set(r) == {"text", "meta"} and isinstance(r["meta"], dict) for r in records)
+
+
+def test_musicpile_mixes_music_and_other_sources_over_several_row_groups():
+    files = sorted(SAMPLES.glob("musicpile/data/train-*-of-00002.parquet"))
+    assert len(files) == 2
+    sources = set()
+    for path in files:
+        pf = pq.ParquetFile(path)
+        assert pf.schema_arrow.names == ["id", "text", "src"]
+        assert pf.metadata.num_row_groups >= 3
+        for row in pf.read().to_pylist():
+            sources.add(row["src"])
+            if row["src"] in ("abc", "irishman"):
+                assert all(f"\n{h}:" in row["text"] for h in "TMLK") and "X:" in row["text"]
+            if row["src"] == "kern":
+                assert "**kern" in row["text"]
+    assert sources == set(make_samples.MUSIC_SOURCES) | set(make_samples.OTHER_SOURCES)
+
+
+def test_chempile_files_are_named_by_the_subset_their_rows_belong_to():
+    files = sorted(SAMPLES.glob("chempile/chempile-*.parquet"))
+    subsets = set()
+    for path in files:
+        rows = read_records(path)
+        subset = path.name.rsplit("-", 1)[0]
+        assert {r["subset"] for r in rows} == {subset}
+        subsets.add(subset)
+    assert subsets == {f"chempile-{s}" for s in ("paper", "reasoning", "instruction", "education")}
+
+
+def test_fineweb_files_have_fineweb_columns_and_sit_under_their_dump():
+    files = sorted(SAMPLES.glob("fineweb/data/CC-MAIN-*/*.parquet"))
+    assert len(files) == 2
+    for path in files:
+        schema = pq.read_schema(path)
+        assert schema.names == [
+            "text",
+            "id",
+            "dump",
+            "url",
+            "date",
+            "file_path",
+            "language",
+            "language_score",
+            "token_count",
+        ]
+        assert (
+            str(schema.field("language_score").type),
+            str(schema.field("token_count").type),
+        ) == ("double", "int64")
+        assert {r["dump"] for r in read_records(path)} == {path.parent.name}
+
+
+def test_dclm_files_use_the_jsonl_zstd_spelling_and_dclm_fields():
+    files = sorted(SAMPLES.glob("dclm/global-shard_01_of_10/local-shard_0_of_10/*.jsonl.zstd"))
+    assert len(files) == 2
+    for path in files:
+        for record in read_records(path):
+            assert {
+                "text",
+                "url",
+                "metadata",
+                "language_id_whole_page_fasttext",
+                "fasttext_openhermes_reddit_eli5_vs_rw_v2_bigram_200k_train_prob",
+            } <= set(record)
+            assert record["language_id_whole_page_fasttext"]["en"] > 0.5
+
+
+def test_shipped_tokenizer_is_byte_level_with_its_special_tokens_and_round_trips_samples():
+    from tokenizers import Tokenizer
+
+    from mixer.tokenizer import load_tokenizer
+
+    info = load_tokenizer(str(TOKENIZER))
+    assert (info.vocab_size, info.eos_token, info.eos_id) == (8192, "<|endoftext|>", 0)
+    tokenizer = Tokenizer.from_file(str(TOKENIZER))
+    assert tokenizer.token_to_id("<|pad|>") == 1
+    texts = [
+        records[0]["text"] for records in map(read_records, sorted(SAMPLES.rglob("*.*"))) if records
+    ] + ["Ünïcödé 🎉 漢字\r\n\ttabs"]
+    for text in texts:
+        assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False).ids) == text
+
+
+def test_web_text_is_about_sixty_percent_of_the_sample_tokens():
+    """Estimated from every 10th document of every file (encoding all of them takes seconds)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(TOKENIZER))
+    tokens: dict[str, int] = {}
+    for rel in checksums(SAMPLES)[1]:
+        texts = [r["text"] for r in read_records(SAMPLES / rel)[::10]]
+        n = sum(len(e.ids) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False))
+        domain = rel.split("/")[0]
+        tokens[domain] = tokens.get(domain, 0) + n
+    web = (tokens["fineweb"] + tokens["dclm"]) / sum(tokens.values())
+    assert 0.55 <= web <= 0.65
+    assert len(tokens) == 6 and min(tokens.values()) > 20_000
