@@ -75,7 +75,7 @@ def run_pipeline(
 ) -> int:
     """Tokenize -> mix report -> export/plot; every step is skipped when already complete."""
     data = load_pipeline(path)
-    base, out_dir = Path(path).resolve().parent, Path(out)
+    base, out_dir = Path(path).resolve().parent, Path(out).resolve()
     for name in inputs or {}:
         if name not in data["stores"]:
             raise MixerError(f"--input {name}=...: the pipeline has no store {name!r}")

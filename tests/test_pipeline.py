@@ -49,6 +49,15 @@ def test_musicpile_recipe_keeps_only_music_sources(tmp_path, capsys):
     assert manifest["job"]["where"]
 
 
+def test_relative_out_dir_is_relative_to_the_working_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    pipeline = next(p for p in RECIPES if p.stem == "spt-chempile")
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(pipeline), "--out", "rel-out", "--workers", "0", "--no-progress"])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert (tmp_path / "rel-out" / "report.json").exists()
+
+
 def test_unknown_store_override_is_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["run", str(RECIPES[0]), "--out", str(tmp_path), "--input", "nope=/x"])
