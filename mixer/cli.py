@@ -86,6 +86,10 @@ def tokenize(
     storage_options: Annotated[
         str | None, typer.Option(help="JSON passed to fsspec, e.g. '{\"anon\": true}'.")
     ] = None,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(help="Staging for a URL --out (default $MIXER_CACHE_DIR or ~/.cache/mixer)."),
+    ] = None,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Default: on a TTY.")
     ] = None,
@@ -111,6 +115,7 @@ def tokenize(
         ray_address=ray_address,
         chunk_bytes=chunk_mb << 20,
         backend=backend,
+        cache_dir=cache_dir,
         storage_options=parse_json_option(storage_options, "--storage-options"),
     )
     run_tokenize(job, progress=progress)

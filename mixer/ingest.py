@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixer import sources
+from mixer import remote, sources
 from mixer.backends import fast_available, make_encoder, verify_backend
 from mixer.errors import MixerError
 from mixer.store import (
@@ -63,6 +63,7 @@ class TokenizeJob:
     chunk_bytes: int = 32 << 20
     backend: str = "auto"
     storage_options: dict = field(default_factory=dict, hash=False)
+    cache_dir: str | None = None  # staging for a URL --out (default: mixer.remote's cache)
 
 
 @dataclass(frozen=True)
@@ -140,18 +141,7 @@ def finished_entry(out: Path, spec: TaskSpec) -> dict[str, Any] | None:
 def check_output_dir(out: Path, info: TokenizerInfo, job_options: dict) -> dict | None:
     """Refuse to clobber: returns the existing manifest when this exact job already finished."""
     if (out / MANIFEST).exists():
-        manifest = read_manifest(out)
-        if manifest["tokenizer"].get("sha256") != info.sha256:
-            raise MixerError(
-                f"{out} holds a store built with another tokenizer "
-                f"({manifest['tokenizer'].get('name')}, sha256 "
-                f"{str(manifest['tokenizer'].get('sha256'))[:12]}…); choose another --out"
-            )
-        if manifest.get("job") != job_options:
-            raise MixerError(
-                f"{out} holds a store built from other inputs or options; choose another --out"
-            )
-        return manifest
+        return check_same_job(read_manifest(out), str(out), info, job_options)
     if out.exists():
         if not out.is_dir():
             raise MixerError(f"--out {out} exists and is not a directory")
@@ -164,6 +154,21 @@ def check_output_dir(out: Path, info: TokenizerInfo, job_options: dict) -> dict 
                 f"(holds {strays[0]!r}); choose an empty or new directory"
             )
     return None
+
+
+def check_same_job(manifest: dict, where: str, info: TokenizerInfo, job_options: dict) -> dict:
+    """`manifest` when it records this tokenizer and job, else a MixerError naming `where`."""
+    if manifest["tokenizer"].get("sha256") != info.sha256:
+        raise MixerError(
+            f"{where} holds a store built with another tokenizer "
+            f"({manifest['tokenizer'].get('name')}, sha256 "
+            f"{str(manifest['tokenizer'].get('sha256'))[:12]}…); choose another --out"
+        )
+    if manifest.get("job") != job_options:
+        raise MixerError(
+            f"{where} holds a store built from other inputs or options; choose another --out"
+        )
+    return manifest
 
 
 def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
@@ -179,9 +184,12 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         raise MixerError(f"--backend {job.backend!r} is not one of {', '.join(BACKENDS)}")
     if job.format is not None and job.format not in sources.FORMATS:
         raise MixerError(f"--format {job.format!r} is not one of {', '.join(sources.FORMATS)}")
-    if "://" in job.out and not job.out.startswith("file://"):
-        raise MixerError(f"--out {job.out}: only local output directories are supported")
-    out = Path(job.out.removeprefix("file://"))
+    # A URL --out is built in a local staging directory, then uploaded manifest-last.
+    url = job.out if remote.is_remote(job.out) else None
+    if url is not None:
+        out = remote.staging_dir(url, job.cache_dir)
+    else:
+        out = Path(job.out.removeprefix("file://"))
     options = sources.ReadOptions(
         text_field=job.text_field,
         txt_mode=job.txt_mode,
@@ -199,6 +207,22 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         "eos_token": info.eos_token,
         "inputs": [f.url for f in files],
     }
+    if url is not None:
+        published = remote.read_remote_manifest(url, job.storage_options)
+        if published is not None:
+            check_same_job(published, url, info, job_options)
+            print(f"{url}: already complete, nothing to do", file=sys.stderr)
+            return published
+        try:
+            existing = check_output_dir(out, info, job_options)
+        except MixerError:  # staged by an unfinished run of another job: start over
+            shutil.rmtree(out, ignore_errors=True)
+            existing = None
+        if existing is not None:  # built before, but the upload did not finish
+            remote.upload_store(out, url, job.storage_options)
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"{url}: uploaded the staged store", file=sys.stderr)
+            return existing
     existing = check_output_dir(out, info, job_options)
     if existing is not None:
         print(f"{out}: already complete, nothing to do", file=sys.stderr)
@@ -249,6 +273,9 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     )
     write_json_atomic(out / MANIFEST, manifest)
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    if url is not None:
+        remote.upload_store(out, url, job.storage_options)
+        shutil.rmtree(out, ignore_errors=True)
     elapsed = time.perf_counter() - started
     print(summary_line(manifest, len(entries) - len(pending), elapsed), file=sys.stderr)
     return manifest

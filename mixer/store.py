@@ -295,6 +295,11 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: manifest is not valid JSON ({e})") from None
+    return check_manifest(manifest, path)
+
+
+def check_manifest(manifest: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """Validate a parsed manifest; `path` names it in errors (a file or a URL)."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{path}: not a mixer token store manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -370,8 +375,19 @@ class TokenStore:
         self.token_offsets = np.cumsum([0] + [int(s.entry["tokens"]) for s in self.shards])
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> TokenStore:
-        root = Path(path)
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        storage_options: dict | None = None,
+    ) -> TokenStore:
+        """Open a local store, or one at an fsspec URL through the local cache (mixer.remote)."""
+        from mixer import remote
+
+        if remote.is_remote(path):
+            path = remote.fetch_store(os.fspath(path), cache_dir, storage_options)
+        root = Path(os.fspath(path).removeprefix("file://"))
         return cls(root, read_manifest(root))
 
     # -- summary

@@ -1,0 +1,344 @@
+"""Stores at s3:// URLs: tokenize uploads manifest-last, readers go through a verified cache.
+
+Runs against a moto S3 server started here. To run against a real endpoint instead, set
+MIXER_TEST_S3_ENDPOINT (and MIXER_TEST_S3_BUCKET, an existing bucket the credentials in the
+usual AWS_* variables can write; objects go under a fresh prefix per test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+pytest.importorskip("s3fs")
+
+from conftest import CORPUS  # noqa: E402
+
+from mixer import remote  # noqa: E402
+from mixer.errors import MixerError, StoreError  # noqa: E402
+from mixer.ingest import TokenizeJob, tokenize  # noqa: E402
+from mixer.sampler import MixSampler  # noqa: E402
+from mixer.spec import MixSpec  # noqa: E402
+from mixer.store import MANIFEST, TokenStore  # noqa: E402
+
+ENV_ENDPOINT = "MIXER_TEST_S3_ENDPOINT"
+ENV_BUCKET = "MIXER_TEST_S3_BUCKET"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """(storage_options, bucket) for an S3 endpoint: moto's, or the one named by the env."""
+    import s3fs
+
+    patch = pytest.MonkeyPatch()
+    endpoint = os.environ.get(ENV_ENDPOINT)
+    server = None
+    if endpoint:
+        bucket = os.environ.get(ENV_BUCKET) or pytest.skip(f"{ENV_BUCKET} is not set")
+    else:
+        moto_server = pytest.importorskip("moto.server")
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        bucket = "mixer-test"
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    patch.setenv("AWS_ENDPOINT_URL", endpoint)  # for code paths given no storage_options
+    options = {"client_kwargs": {"endpoint_url": endpoint}}
+    fs = s3fs.S3FileSystem(**options)
+    if server is not None:
+        fs.mkdir(bucket)
+    yield options, bucket
+    patch.undo()
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def prefix(s3) -> str:
+    return f"s3://{s3[1]}/t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def s3fs_(s3):
+    import s3fs
+
+    return s3fs.S3FileSystem(**s3[0])
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv(remote.CACHE_ENV, str(path))
+    monkeypatch.setattr(remote, "RETRY_BASE_DELAY", 0.0)
+    return path
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [CORPUS[int(rng.integers(len(CORPUS)))] + f" doc {i} " * (i % 7 + 1) for i in range(n)]
+
+
+def jsonl(docs: list[str]) -> bytes:
+    return "".join(json.dumps({"text": t}) + "\n" for t in docs).encode()
+
+
+def local_inputs(root: Path, files: int = 3) -> tuple[str, ...]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(files):
+        path = root / f"part-{k}.jsonl"
+        path.write_bytes(jsonl(texts(40, seed=k)))
+        paths.append(str(path))
+    return tuple(paths)
+
+
+def job(tokenizer_path: str, inputs, out: str, options: dict | None = None) -> TokenizeJob:
+    return TokenizeJob(
+        inputs=tuple(inputs),
+        tokenizer=tokenizer_path,
+        out=out,
+        workers=0,
+        backend="hf",
+        storage_options=options or {},
+    )
+
+
+def documents(store: TokenStore) -> list[list[int]]:
+    return [store.document(i).tolist() for i in range(store.num_documents)]
+
+
+def test_tokenize_to_s3_then_open_through_the_cache_matches_a_local_run(
+    tmp_path, tokenizer_path, s3, prefix, s3fs_, cache
+):
+    options = s3[0]
+    inputs = local_inputs(tmp_path / "in")
+    local = tmp_path / "local"
+    tokenize(job(tokenizer_path, inputs, str(local)), progress=False)
+    manifest = tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
+    assert manifest["num_shards"] == 3
+    assert not remote.staging_dir(prefix).exists()  # staged copy removed after the upload
+    listed = sorted(p.rsplit("/", 1)[1] for p in s3fs_.ls(prefix.removeprefix("s3://")))
+    assert listed == sorted(p.name for p in local.iterdir())
+
+    store = TokenStore.open(prefix, storage_options=options)
+    assert store.root == remote.cached_store_dir(prefix)
+    assert store.root.is_relative_to(cache)
+    for shard in store.shards:
+        for path in (shard.bin_path, shard.idx_path):
+            assert path.read_bytes() == (local / path.name).read_bytes()
+    store.verify()
+    assert documents(store) == documents(TokenStore.open(local))
+
+    # A rerun finds the finished store at the URL and does nothing.
+    assert tokenize(job(tokenizer_path, inputs, prefix, options), progress=False) == manifest
+
+
+def test_inputs_read_from_s3(tmp_path, tokenizer_path, s3, prefix, s3fs_):
+    options = s3[0]
+    docs = texts(60, seed=7)
+    data = zstandard.ZstdCompressor().compress(jsonl(docs))
+    url = f"{prefix}/in/corpus.jsonl.zst"
+    s3fs_.pipe(url.removeprefix("s3://"), data)
+    (tmp_path / "corpus.jsonl.zst").write_bytes(data)
+
+    from_s3 = tmp_path / "from-s3"
+    tokenize(job(tokenizer_path, [url], str(from_s3), options), progress=False)
+    from_local = tmp_path / "from-local"
+    tokenize(job(tokenizer_path, [str(tmp_path / "corpus.jsonl.zst")], str(from_local)), False)
+    a, b = TokenStore.open(from_s3), TokenStore.open(from_local)
+    assert a.num_documents == len(docs)
+    assert documents(a) == documents(b)
+
+
+class FlakyPuts:
+    """A filesystem whose put_file calls go through `hook` first (to inject upload errors)."""
+
+    def __init__(self, fs, hook):
+        self._fs, self._hook = fs, hook
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def put_file(self, lpath, rpath, *args, **kwargs):
+        self._hook(rpath)
+        return self._fs.put_file(lpath, rpath, *args, **kwargs)
+
+
+def inject_upload_errors(monkeypatch, hook) -> None:
+    original = remote._filesystem
+
+    def patched(url, storage_options):
+        fs, root = original(url, storage_options)
+        return FlakyPuts(fs, hook), root
+
+    monkeypatch.setattr(remote, "_filesystem", patched)
+
+
+def test_manifest_is_uploaded_last_and_a_rerun_finishes_the_upload(
+    tmp_path, tokenizer_path, s3, prefix, s3fs_, monkeypatch
+):
+    options = s3[0]
+    inputs = local_inputs(tmp_path / "in")
+    uploaded: list[str] = []
+
+    def fail_after_first(rpath: str) -> None:
+        if uploaded:
+            raise OSError("connection reset (injected)")
+        uploaded.append(rpath)
+
+    inject_upload_errors(monkeypatch, fail_after_first)
+    with pytest.raises(MixerError, match=rf"{prefix}/shard-\d+\.\w+: upload: failed after 5 att"):
+        tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
+    root = prefix.removeprefix("s3://")
+    assert len(uploaded) == 1 and not uploaded[0].endswith(MANIFEST)
+    assert not s3fs_.exists(f"{root}/{MANIFEST}")
+    with pytest.raises(StoreError, match="not a token store"):
+        TokenStore.open(prefix, storage_options=options)
+    assert (remote.staging_dir(prefix) / MANIFEST).exists()  # kept for the rerun
+
+    monkeypatch.undo()
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    s3fs_.invalidate_cache()
+    manifest = tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
+    assert s3fs_.exists(f"{root}/{MANIFEST}")
+    assert not remote.staging_dir(prefix).exists()
+    store = TokenStore.open(prefix, storage_options=options)
+    store.verify()
+    assert store.num_documents == manifest["num_documents"] == 120
+
+
+def test_a_transient_upload_error_is_retried(tmp_path, tokenizer_path, s3, prefix, monkeypatch):
+    failures: list[str] = []
+
+    def once(rpath: str) -> None:
+        if not failures:
+            failures.append(rpath)
+            raise ConnectionError("injected")
+
+    inject_upload_errors(monkeypatch, once)
+    inputs = local_inputs(tmp_path / "in", files=1)
+    tokenize(job(tokenizer_path, inputs, prefix, s3[0]), progress=False)
+    assert len(failures) == 1
+    TokenStore.open(prefix, storage_options=s3[0]).verify()
+
+
+def test_a_corrupted_shard_object_is_a_store_error_and_never_cached(
+    tmp_path, tokenizer_path, s3, prefix, s3fs_
+):
+    options = s3[0]
+    tokenize(job(tokenizer_path, local_inputs(tmp_path / "in"), prefix, options), False)
+    key = f"{prefix.removeprefix('s3://')}/shard-00001.bin"
+    data = bytearray(s3fs_.cat_file(key))
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum can tell
+    s3fs_.pipe(key, bytes(data))
+    with pytest.raises(StoreError, match=r"shard-00001\.bin.*sha256"):
+        TokenStore.open(prefix, storage_options=options)
+    local = remote.cached_store_dir(prefix)
+    assert not (local / "shard-00001.bin").exists()
+    assert not (local / MANIFEST).exists()
+    assert not [p for p in local.iterdir() if ".tmp-" in p.name]
+
+
+def test_concurrent_readers_download_each_file_once(
+    tmp_path, tokenizer_path, s3, prefix, monkeypatch
+):
+    options = s3[0]
+    manifest = tokenize(job(tokenizer_path, local_inputs(tmp_path / "in"), prefix, options), False)
+    calls: list[str] = []
+    original = remote._download_checked
+
+    def counting(fs, source, target, *args):
+        calls.append(target.name)
+        return original(fs, source, target, *args)
+
+    monkeypatch.setattr(remote, "_download_checked", counting)
+    barrier = threading.Barrier(2)
+    stores: list[TokenStore] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            barrier.wait()
+            stores.append(TokenStore.open(prefix, storage_options=options))
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 2 * manifest["num_shards"]
+    assert documents(stores[0]) == documents(stores[1])
+    TokenStore.open(prefix, storage_options=options)  # warm cache: nothing downloaded again
+    assert len(calls) == 2 * manifest["num_shards"]
+
+
+def test_sampler_over_an_s3_store_matches_the_local_store(tmp_path, tokenizer_path, s3, prefix):
+    inputs = local_inputs(tmp_path / "in")
+    local = tmp_path / "local"
+    tokenize(job(tokenizer_path, inputs, str(local)), progress=False)
+    tokenize(job(tokenizer_path, inputs, prefix, s3[0]), progress=False)
+
+    def spec(store: str) -> MixSpec:
+        source = [{"name": "web", "store": store, "weight": 1.0}]
+        return MixSpec.from_dict(
+            {"seq_len": 16, "seed": 3, "total_tokens": 16 * 20, "source": source}
+        )
+
+    # No storage_options here: the endpoint comes from AWS_ENDPOINT_URL like in production.
+    remote_mix, local_mix = MixSampler(spec(prefix)), MixSampler(spec(str(local)))
+    for k in range(len(local_mix)):
+        assert np.array_equal(remote_mix[k], local_mix[k])
+
+
+def test_a_url_holding_another_jobs_store_is_refused(tmp_path, tokenizer_path, s3, prefix):
+    tokenize(job(tokenizer_path, local_inputs(tmp_path / "a", 1), prefix, s3[0]), False)
+    other = local_inputs(tmp_path / "b", 2)
+    with pytest.raises(MixerError, match="other inputs or options"):
+        tokenize(job(tokenizer_path, other, prefix, s3[0]), progress=False)
+
+
+def test_an_interrupted_fetch_resumes_and_a_rebuilt_store_replaces_the_cached_copy(
+    tmp_path, s3, prefix, monkeypatch
+):
+    from mixer.store import write_store
+
+    options = s3[0]
+    first = write_store(tmp_path / "a", [[1, 2, 3], [4, 5], [6]], vocab_size=100, docs_per_shard=1)
+    remote.upload_store(first, prefix, options)
+
+    calls: list[str] = []
+    original = remote._download_checked
+
+    def dies_on_the_third(fs, source, target, *args):
+        calls.append(target.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a reader killed mid-fetch
+        return original(fs, source, target, *args)
+
+    monkeypatch.setattr(remote, "_download_checked", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        TokenStore.open(prefix, storage_options=options)
+    store = TokenStore.open(prefix, storage_options=options)
+    assert documents(store) == [[1, 2, 3], [4, 5], [6]]
+    assert len(calls) == 6 + 1  # the two finished files were not downloaded again
+
+    second = write_store(tmp_path / "b", [[7, 8], [9]], vocab_size=100, docs_per_shard=1)
+    remote.upload_store(second, prefix, options)
+    for name in ("shard-00002.bin", "shard-00002.idx"):  # leftovers of the first build
+        remote._filesystem(prefix, options)[0].rm_file(f"{prefix.removeprefix('s3://')}/{name}")
+    store = TokenStore.open(prefix, storage_options=options)
+    assert documents(store) == [[7, 8], [9]]
+    assert not (store.root / "shard-00002.bin").exists()
