@@ -654,8 +654,9 @@ def _check_text_column(url: str, pf: pq.ParquetFile, text_field: str) -> None:
 def _arrow_errors(url: str) -> Iterator[None]:
     try:
         yield
-    except pa.ArrowException as e:
-        raise InputError(f"{url}: cannot read parquet: {e}") from None
+    except (pa.ArrowException, OSError) as e:  # corrupt pages surface as a bare OSError
+        reason = " ".join(str(e).split())
+        raise InputError(f"{url}: cannot read parquet: {reason}") from None
 
 
 @contextlib.contextmanager
