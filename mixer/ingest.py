@@ -349,6 +349,9 @@ def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
         if job.ray_address:
             kwargs["address"] = job.ray_address
         else:
+            # "local" starts a fresh instance; a bare ray.init() would silently join any
+            # cluster `ray start` left running on this machine, with other resources.
+            kwargs["address"] = "local"
             kwargs["num_cpus"] = job.workers or os.cpu_count()
         ray.init(**kwargs)
     workers = job.workers or int(ray.cluster_resources().get("CPU", 1))

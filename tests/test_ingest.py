@@ -321,3 +321,29 @@ def test_kill_and_resume_gives_byte_identical_store(tmp_path, tokenizer_path):
     reused = int(result.stderr.split(" reused)")[0].rsplit("(", 1)[1])
     assert 1 <= reused < 8  # finished shards were kept, the rest redone
     assert store_files(victim) == store_files(tmp_path / "clean")
+
+
+def test_without_ray_address_a_fresh_local_ray_is_started(tmp_path, tokenizer_path, monkeypatch):
+    """A bare ray.init() would join any cluster `ray start` left on the machine."""
+    import ray
+
+    calls = []
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello"]))
+    job = TokenizeJob(
+        inputs=(str(tmp_path / "a.jsonl"),),
+        tokenizer=tokenizer_path,
+        out=str(tmp_path / "s"),
+        workers=2,
+    )
+    with pytest.raises(RuntimeError, match="stop here"):
+        tokenize(job, progress=False)
+    assert calls == [
+        {"logging_level": "ERROR", "include_dashboard": False, "address": "local", "num_cpus": 2}
+    ]
