@@ -340,6 +340,10 @@ def run_in_process(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJo
 
 def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
     """Run tasks on Ray, at most `workers` in flight, yielding each as it finishes."""
+    if not job.ray_address:
+        # A one-machine Ray then binds to 127.0.0.1 instead of the machine's network address
+        # (read by Ray at import, so it must be set before the first `import ray`).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if any(s.task.url.startswith("memory://") for s in pending):

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-os.environ.setdefault("RAY_ACCEPT_CLUSTER_ERRORS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Local Ray on 127.0.0.1 only, not the machine's network address (read when ray is imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
