@@ -654,8 +654,8 @@ def _check_text_column(url: str, pf: pq.ParquetFile, text_field: str) -> None:
 def _arrow_errors(url: str) -> Iterator[None]:
     try:
         yield
-    except (pa.ArrowException, OSError) as e:  # corrupt pages surface as a bare OSError
-        reason = " ".join(str(e).split())
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # corrupt pages surface
+        reason = " ".join(str(e).split())  # as bare OSError or bad UTF-8 in a string column
         raise InputError(f"{url}: cannot read parquet: {reason}") from None
 
 
