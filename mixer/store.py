@@ -197,6 +197,13 @@ class ShardWriter:
 
     def add_documents(self, lengths: np.ndarray, tokens: np.ndarray) -> None:
         """Append documents given as their lengths and their concatenated token ids."""
+        tokens = np.asarray(tokens)
+        if len(tokens) and (tokens.min() < 0 or tokens.max() > np.iinfo(self.dtype).max):
+            # A cast would wrap silently and corrupt the store; refuse instead.
+            raise StoreError(
+                f"{self.name}: token id {int(tokens.max())} does not fit {self.dtype.name} "
+                "(tokenizer vocab_size smaller than its ids?)"
+            )
         data = np.ascontiguousarray(tokens, dtype=self.dtype.newbyteorder("<")).tobytes()
         self._file.write(data)
         self._digest.update(data)

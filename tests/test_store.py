@@ -141,3 +141,8 @@ def test_empty_store(tmp_path):
     store = TokenStore.open(tmp_path)
     assert store.num_documents == 0 and store.num_tokens == 0
     store.verify()
+
+
+def test_ids_that_do_not_fit_the_dtype_are_refused_not_wrapped(tmp_path):
+    with pytest.raises(StoreError, match="does not fit uint16"):
+        write_store(tmp_path, [[1, 70000]], vocab_size=1000)
