@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: install install-test demo test lint bench clean
+.PHONY: install install-test demo test lint bench peer-venvs bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,24 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/bench_sampler.py
+
+# Peer tools for the comparison benchmarks, each in its own virtualenv under benchmarks/.venvs/NAME,
+# made from benchmarks/peers/requirements-NAME.txt with torch pinned by benchmarks/peers/constraints.txt.
+PEERS      := $(patsubst benchmarks/peers/requirements-%.txt,%,$(wildcard benchmarks/peers/requirements-*.txt))
+PEER_VENVS := $(foreach p,$(PEERS),benchmarks/.venvs/$(p)/.installed)
+
+benchmarks/.venvs/%/.installed: benchmarks/peers/requirements-%.txt benchmarks/peers/constraints.txt
+	$(PYTHON) -m venv benchmarks/.venvs/$*
+	benchmarks/.venvs/$*/bin/pip install -q --upgrade pip
+	benchmarks/.venvs/$*/bin/pip install -q "$(TORCH)"
+	benchmarks/.venvs/$*/bin/pip install -q -c benchmarks/peers/constraints.txt -r $<
+	touch $@
+
+peer-venvs: $(PEER_VENVS)
+
+bench-peers: $(VENV)/.installed-test peer-venvs
+	$(BIN)/python benchmarks/bench_tokenize_peers.py
+	$(BIN)/python benchmarks/bench_mix_peers.py
 
 clean:
 	rm -rf demo-out .pytest_cache
