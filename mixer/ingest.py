@@ -251,8 +251,12 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     bar.reused(sum(s.task.weight for s in specs if s.name in entries), len(entries))
     started = time.perf_counter()
     execute = run_in_process if job.workers == 0 else run_on_ray
+    nodes: set[str] = set()
     try:
-        for spec, entry in execute(pending, info, job):
+        for spec, entry, node in execute(pending, info, job):
+            if node is not None:
+                check_visible(out, entry, node)
+                nodes.add(node)
             entries[spec.name] = entry
             bar.update(spec.task.weight, entry)
     finally:
@@ -273,12 +277,24 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     )
     write_json_atomic(out / MANIFEST, manifest)
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+    for litter in out.glob(".shard-*.tmp-*"):  # left by a worker killed mid-shard (retried)
+        litter.unlink(missing_ok=True)
     if url is not None:
         remote.upload_store(out, url, job.storage_options)
         shutil.rmtree(out, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    print(summary_line(manifest, len(entries) - len(pending), elapsed), file=sys.stderr)
+    print(summary_line(manifest, len(entries) - len(pending), elapsed, nodes), file=sys.stderr)
     return manifest
+
+
+def check_visible(out: Path, entry: dict, node: str) -> None:
+    """A shard a Ray worker wrote must be readable here: --out must be shared by all nodes."""
+    path = out / entry["bin"]
+    if not path.is_file() or path.stat().st_size != entry["bin_bytes"]:
+        raise MixerError(
+            f"{entry['name']} was written on Ray node {node[:12]} but is not at {path} on the "
+            "driver: on a multi-node cluster --out must be a shared filesystem or a URL"
+        )
 
 
 def verification_sample(tasks: list[sources.Task], options: sources.ReadOptions):
@@ -316,7 +332,7 @@ def resolve_backend(
     return "hf"
 
 
-def summary_line(manifest: dict, reused: int, seconds: float) -> str:
+def summary_line(manifest: dict, reused: int, seconds: float, nodes: set[str] = frozenset()) -> str:
     skipped = sum(manifest["skipped"].values())
     parts = [
         f"wrote {manifest['num_documents']:,} documents",
@@ -326,7 +342,8 @@ def summary_line(manifest: dict, reused: int, seconds: float) -> str:
     ]
     if manifest["filtered"]:
         parts.append(f"{manifest['filtered']:,} filtered out by --where")
-    return "mixer tokenize: " + ", ".join(parts) + f" in {seconds:.1f}s"
+    where = f" on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}" if nodes else ""
+    return "mixer tokenize: " + ", ".join(parts) + f" in {seconds:.1f}s{where}"
 
 
 # ---------------------------------------------------------------------------- executors
@@ -335,7 +352,14 @@ def summary_line(manifest: dict, reused: int, seconds: float) -> str:
 def run_in_process(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
     """Sequential, no Ray: for debugging and for memory:// inputs that live in this process."""
     for spec in pending:
-        yield spec, run_task(spec, info)
+        yield spec, run_task(spec, info), None
+
+
+def run_task_on_node(spec: TaskSpec, info: TokenizerInfo) -> tuple[dict[str, Any], str]:
+    """`run_task` in a Ray worker, also returning the id of the node that ran it."""
+    import ray
+
+    return run_task(spec, info), ray.get_runtime_context().get_node_id()
 
 
 def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
@@ -359,7 +383,9 @@ def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
             kwargs["num_cpus"] = job.workers or os.cpu_count()
         ray.init(**kwargs)
     workers = job.workers or int(ray.cluster_resources().get("CPU", 1))
-    remote = ray.remote(num_cpus=1, max_retries=3)(run_task)
+    # A task whose worker dies (OOM kill, lost node) is rerun from scratch by Ray: the shard is
+    # only renamed into place when complete, so a retry can neither duplicate nor lose documents.
+    remote = ray.remote(num_cpus=1, max_retries=3)(run_task_on_node)
     info_ref = ray.put(info)
     queue = list(reversed(pending))
     in_flight: dict[Any, TaskSpec] = {}
@@ -371,7 +397,8 @@ def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
             done, _ = ray.wait(list(in_flight), num_returns=1)
             spec = in_flight.pop(done[0])
             try:
-                yield spec, ray.get(done[0])
+                entry, node = ray.get(done[0])
+                yield spec, entry, node
             except ray.exceptions.RayTaskError as e:
                 if isinstance(e.cause, MixerError):
                     raise e.cause from None

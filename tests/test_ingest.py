@@ -347,3 +347,25 @@ def test_without_ray_address_a_fresh_local_ray_is_started(tmp_path, tokenizer_pa
     assert calls == [
         {"logging_level": "ERROR", "include_dashboard": False, "address": "local", "num_cpus": 2}
     ]
+
+
+def test_a_shard_written_where_the_driver_cannot_see_it_is_an_error(
+    tmp_path, tokenizer_path, monkeypatch
+):
+    """On a multi-node cluster a local --out that is not shared must fail, not lose shards."""
+    import mixer.ingest as ingest
+
+    def elsewhere(pending, info, job):
+        for spec in pending:
+            entry = ingest.run_task(spec, info)
+            (Path(spec.out) / entry["bin"]).unlink()  # as if written on another machine's disk
+            yield spec, entry, "f00dfeedbeef0123"
+
+    monkeypatch.setattr(ingest, "run_on_ray", elsewhere)
+    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello"]))
+    job = TokenizeJob(
+        inputs=(str(tmp_path / "a.jsonl"),), tokenizer=tokenizer_path, out=str(tmp_path / "s")
+    )
+    with pytest.raises(MixerError, match="written on Ray node f00dfeedbeef .*shared filesystem"):
+        tokenize(job, progress=False)
+    assert not (tmp_path / "s" / MANIFEST).exists()
