@@ -8,6 +8,11 @@ Crash safety: a worker publishes its shard by renaming, then drops a small "done
 (its manifest entry and the task's key) into `STORE/.mixer-partial/`. A rerun reuses every
 shard whose record matches its task, redoes the rest, and writes `manifest.json` last. Until the
 manifest exists the directory is not a store.
+
+A URL --out (s3://...) works the same way on any number of nodes: each worker writes its shard
+to a node-local staging directory, uploads the .bin and .idx, then the done record (so a record
+at the URL means the shard's objects are complete), and deletes its local copy. The driver
+uploads `manifest.json` last. Nothing needs a filesystem shared between nodes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from mixer.store import (
     ShardWriter,
     build_manifest,
     dtype_for_vocab,
+    json_bytes,
     read_manifest,
     write_json_atomic,
 )
@@ -74,8 +80,9 @@ class TaskSpec:
     name: str
     key: str
     options: sources.ReadOptions
-    out: str
+    out: str  # the store directory; for a URL --out, the cache dir for node-local staging
     backend: str
+    url: str | None = None  # a URL --out, where the worker uploads the finished shard
 
 
 def task_key(task: sources.Task, options: dict, tokenizer: TokenizerInfo, backend: str) -> str:
@@ -94,6 +101,9 @@ def task_key(task: sources.Task, options: dict, tokenizer: TokenizerInfo, backen
 def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
     """Tokenize one task into one shard and record it as done; returns its manifest entry."""
     out = Path(spec.out)
+    if spec.url is not None:  # staging on whichever node runs this task
+        out = remote.staging_dir(spec.url, spec.out or None)
+        out.mkdir(parents=True, exist_ok=True)
     encoder = make_encoder(info, spec.backend)
     stats = sources.ReadStats()
     writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
@@ -118,22 +128,65 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
         skipped=dict(sorted(stats.skipped.items())),
         filtered=stats.filtered,
     )
-    write_json_atomic(out / PARTIAL_DIR / f"{spec.name}.json", {"key": spec.key, "entry": entry})
+    record = {"key": spec.key, "entry": entry}
+    if spec.url is None:
+        write_json_atomic(out / PARTIAL_DIR / f"{spec.name}.json", record)
+    else:
+        upload_shard(out, spec, record)
     return entry
 
 
-def finished_entry(out: Path, spec: TaskSpec) -> dict[str, Any] | None:
-    """The entry of a shard finished by an earlier run of the same task, if it is intact."""
-    try:
-        record = json.loads((out / PARTIAL_DIR / f"{spec.name}.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    if record.get("key") != spec.key:
-        return None
+def upload_shard(staging: Path, spec: TaskSpec, record: dict) -> None:
+    """Upload a finished shard, then its done record, then drop the node-local copy."""
     entry = record["entry"]
-    for name, size in ((entry["bin"], entry["bin_bytes"]), (entry["idx"], entry["idx_bytes"])):
-        path = out / name
-        if not path.is_file() or path.stat().st_size != size:
+    storage_options = spec.options.storage_options
+    names = [entry["bin"], entry["idx"]]
+    remote.upload_files(staging, names, spec.url, storage_options)
+    remote.put_bytes(
+        f"{spec.url}/{PARTIAL_DIR}/{spec.name}.json",
+        json_bytes(record),
+        storage_options,
+    )
+    for name in names:
+        (staging / name).unlink(missing_ok=True)
+
+
+def finished_entries(out: Path, specs: list[TaskSpec]) -> dict[str, dict[str, Any]]:
+    """Entries of shards an earlier run of the same tasks finished and left intact, by name."""
+    entries = {}
+    for spec in specs:
+        try:
+            record = json.loads((out / PARTIAL_DIR / f"{spec.name}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        sizes = {}
+        for name in (record["entry"]["bin"], record["entry"]["idx"]):
+            path = out / name
+            sizes[name] = path.stat().st_size if path.is_file() else None
+        if (entry := reusable(record, spec, sizes)) is not None:
+            entries[spec.name] = entry
+    return entries
+
+
+def finished_remote_entries(url: str, specs: list[TaskSpec], storage_options: dict):
+    """`finished_entries` for a URL --out: done records and shard objects at the URL."""
+    records = remote.read_json_objects(f"{url}/{PARTIAL_DIR}", storage_options)
+    sizes = remote.object_sizes(url, storage_options)
+    entries = {}
+    for spec in specs:
+        record = records.get(f"{spec.name}.json")
+        if record is not None and (entry := reusable(record, spec, sizes)) is not None:
+            entries[spec.name] = entry
+    return entries
+
+
+def reusable(record: dict, spec: TaskSpec, sizes: dict[str, int | None]) -> dict | None:
+    """The record's entry if it is for this exact task and both shard files have its sizes."""
+    entry = record.get("entry") if isinstance(record, dict) else None
+    if record.get("key") != spec.key or not isinstance(entry, dict):
+        return None
+    for kind in ("bin", "idx"):
+        if sizes.get(entry.get(kind)) != entry.get(f"{kind}_bytes"):
             return None
     return entry
 
@@ -184,8 +237,8 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         raise MixerError(f"--backend {job.backend!r} is not one of {', '.join(BACKENDS)}")
     if job.format is not None and job.format not in sources.FORMATS:
         raise MixerError(f"--format {job.format!r} is not one of {', '.join(sources.FORMATS)}")
-    # A URL --out is built in a local staging directory, then uploaded manifest-last.
-    url = job.out if remote.is_remote(job.out) else None
+    # A URL --out: workers upload their shards as they finish, the driver the manifest last.
+    url = job.out.rstrip("/") if remote.is_remote(job.out) else None
     if url is not None:
         out = remote.staging_dir(url, job.cache_dir)
     else:
@@ -213,20 +266,11 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
             check_same_job(published, url, info, job_options)
             print(f"{url}: already complete, nothing to do", file=sys.stderr)
             return published
-        try:
-            existing = check_output_dir(out, info, job_options)
-        except MixerError:  # staged by an unfinished run of another job: start over
-            shutil.rmtree(out, ignore_errors=True)
-            existing = None
-        if existing is not None:  # built before, but the upload did not finish
-            remote.upload_store(out, url, job.storage_options)
-            shutil.rmtree(out, ignore_errors=True)
-            print(f"{url}: uploaded the staged store", file=sys.stderr)
+    else:
+        existing = check_output_dir(out, info, job_options)
+        if existing is not None:
+            print(f"{out}: already complete, nothing to do", file=sys.stderr)
             return existing
-    existing = check_output_dir(out, info, job_options)
-    if existing is not None:
-        print(f"{out}: already complete, nothing to do", file=sys.stderr)
-        return existing
 
     backend = resolve_backend(job.backend, info, tasks, options)
     specs = [
@@ -235,16 +279,17 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
             f"shard-{n:05d}",
             task_key(task, job_options, info, backend),
             options,
-            str(out),
+            (job.cache_dir or "") if url else str(out),
             backend,
+            url,
         )
         for n, task in enumerate(tasks)
     ]
-    (out / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
-    entries: dict[str, dict] = {}
-    for spec in specs:
-        if (entry := finished_entry(out, spec)) is not None:
-            entries[spec.name] = entry
+    if url is None:
+        (out / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+        entries = finished_entries(out, specs)
+    else:
+        entries = finished_remote_entries(url, specs, job.storage_options)
     pending = [s for s in specs if s.name not in entries]
 
     bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
@@ -255,7 +300,8 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     try:
         for spec, entry, node in execute(pending, info, job):
             if node is not None:
-                check_visible(out, entry, node)
+                if url is None:
+                    check_visible(out, entry, node)
                 nodes.add(node)
             entries[spec.name] = entry
             bar.update(spec.task.weight, entry)
@@ -275,12 +321,14 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         skipped=dict(sorted(skipped.items())),
         filtered=sum(e["filtered"] for e in shards),
     )
-    write_json_atomic(out / MANIFEST, manifest)
-    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-    for litter in out.glob(".shard-*.tmp-*"):  # left by a worker killed mid-shard (retried)
-        litter.unlink(missing_ok=True)
-    if url is not None:
-        remote.upload_store(out, url, job.storage_options)
+    if url is None:
+        write_json_atomic(out / MANIFEST, manifest)
+        shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+        for litter in out.glob(".shard-*.tmp-*"):  # left by a worker killed mid-shard (retried)
+            litter.unlink(missing_ok=True)
+    else:
+        remote.put_bytes(f"{url}/{MANIFEST}", json_bytes(manifest), job.storage_options)
+        remote.remove_prefix(f"{url}/{PARTIAL_DIR}", job.storage_options)
         shutil.rmtree(out, ignore_errors=True)
     elapsed = time.perf_counter() - started
     print(summary_line(manifest, len(entries) - len(pending), elapsed, nodes), file=sys.stderr)

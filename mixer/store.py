@@ -82,8 +82,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """How mixer serialises manifests and records, so local and uploaded copies are identical."""
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(obj))
 
 
 def safe_member(root: Path, name: object) -> Path:

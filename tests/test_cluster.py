@@ -11,6 +11,7 @@ The driver is a `python -m mixer.cli tokenize --ray-address ...` subprocess, as 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import pytest
 from test_ingest import documents, jsonl_bytes, store_files
+from test_remote import s3  # noqa: F401 - the moto S3 fixture
 
 from mixer.ingest import TokenizeJob, tokenize
+from mixer.store import TokenStore
 
 pytestmark = pytest.mark.slow
 FILES = 6
@@ -148,3 +151,31 @@ def test_a_worker_killed_mid_task_is_retried_without_losing_or_duplicating_docum
     assert killed is not None, "no running task was seen to kill"
     assert driver.returncode == 0, stderr
     assert store_files(out) == store_files(reference)  # also: no temp file left behind
+
+
+def test_tokenize_to_s3_from_both_nodes_needs_no_shared_filesystem(
+    tmp_path,
+    tokenizer_path,
+    cluster,
+    corpus,
+    s3,  # noqa: F811 - the imported fixture
+):
+    """Each worker stages its shard in its own --cache-dir and uploads it: the driver never
+    needs to see a worker's disk. Credentials reach the workers in --storage-options."""
+    src, reference = corpus
+    options, bucket = s3
+    options = {**options, "key": os.environ["AWS_ACCESS_KEY_ID"],
+               "secret": os.environ["AWS_SECRET_ACCESS_KEY"]}  # fmt: skip
+    url = f"s3://{bucket}/cluster-{tmp_path.name}"
+    result = subprocess.run(
+        [*command(src, url, tokenizer_path, cluster.address),
+         "--storage-options", json.dumps(options), "--cache-dir", str(tmp_path / "staging")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert " on 2 Ray nodes" in result.stderr
+    store = TokenStore.open(url, storage_options=options, cache_dir=tmp_path / "cache")
+    names = [p.name for p in reference.iterdir()]
+    assert {n: (store.root / n).read_bytes() for n in names} == store_files(reference)

@@ -184,33 +184,37 @@ def inject_upload_errors(monkeypatch, hook) -> None:
     monkeypatch.setattr(remote, "_filesystem", patched)
 
 
-def test_manifest_is_uploaded_last_and_a_rerun_finishes_the_upload(
-    tmp_path, tokenizer_path, s3, prefix, s3fs_, monkeypatch
+def test_manifest_is_uploaded_last_and_a_rerun_reuses_the_uploaded_shards(
+    tmp_path, tokenizer_path, s3, prefix, s3fs_, monkeypatch, capsys
 ):
     options = s3[0]
     inputs = local_inputs(tmp_path / "in")
     uploaded: list[str] = []
 
-    def fail_after_first(rpath: str) -> None:
-        if uploaded:
+    def fail_after_first_shard(rpath: str) -> None:
+        if len(uploaded) == 3:  # shard-00000.bin, .idx, then shard-00001.bin; then the link dies
             raise OSError("connection reset (injected)")
         uploaded.append(rpath)
 
-    inject_upload_errors(monkeypatch, fail_after_first)
-    with pytest.raises(MixerError, match=rf"{prefix}/shard-\d+\.\w+: upload: failed after 5 att"):
+    inject_upload_errors(monkeypatch, fail_after_first_shard)
+    with pytest.raises(MixerError, match=rf"{prefix}/shard-00001\.idx: upload: failed after 5 at"):
         tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
     root = prefix.removeprefix("s3://")
-    assert len(uploaded) == 1 and not uploaded[0].endswith(MANIFEST)
     assert not s3fs_.exists(f"{root}/{MANIFEST}")
     with pytest.raises(StoreError, match="not a token store"):
         TokenStore.open(prefix, storage_options=options)
-    assert (remote.staging_dir(prefix) / MANIFEST).exists()  # kept for the rerun
+    # shard-00000 is complete at the URL (its done record came after its files); 00001 is not.
+    s3fs_.invalidate_cache()
+    records = sorted(p.rsplit("/", 1)[1] for p in s3fs_.ls(f"{root}/.mixer-partial"))
+    assert records == ["shard-00000.json"]
 
     monkeypatch.undo()
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
     s3fs_.invalidate_cache()
     manifest = tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
-    assert s3fs_.exists(f"{root}/{MANIFEST}")
+    assert "(1 reused)" in capsys.readouterr().err
+    s3fs_.invalidate_cache()
+    assert s3fs_.exists(f"{root}/{MANIFEST}") and not s3fs_.exists(f"{root}/.mixer-partial")
     assert not remote.staging_dir(prefix).exists()
     store = TokenStore.open(prefix, storage_options=options)
     store.verify()
