@@ -206,12 +206,13 @@ def run_mix(
     start: int,
     stop: int | None,
     plot: str | None,
+    verify: bool = False,
 ) -> int:
     """`mixer mix SPEC.toml`: report (the default, or with --report/--json), --export, --plot.
 
     The report goes to stdout; status lines and progress go to stderr so --json stays parseable.
     """
-    sampler = MixSampler(MixSpec.from_toml(spec_path))
+    sampler = MixSampler(MixSpec.from_toml(spec_path), verify=verify)
     if report or as_json or not (export or plot):
         data = mix_report(sampler)
         print(json.dumps(data, indent=2) if as_json else format_report(data))

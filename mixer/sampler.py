@@ -263,16 +263,26 @@ class MixSampler:
     """Opens the stores of a spec and maps global block indices to blocks, statelessly.
 
     Same spec and stores give the same stream on any machine and world size. `stores` lets
-    callers pass already-open stores by source name (tests, caches of remote stores).
+    callers pass already-open stores by source name (tests, caches of remote stores). Opening
+    checks every store's manifest and file sizes (cheap); `verify=True` also recomputes every
+    checksum and index first (reads every byte: do it once per new store, not per job).
     """
 
-    def __init__(self, spec: MixSpec, stores: Mapping[str, TokenStore] | None = None):
+    def __init__(
+        self,
+        spec: MixSpec,
+        stores: Mapping[str, TokenStore] | None = None,
+        verify: bool = False,
+    ):
         self.spec = spec
         self.seq_len = spec.seq_len
         self.source_names = tuple(s.name for s in spec.sources)
         self.stores = tuple(
             stores[s.name] if stores is not None else TokenStore.open(s.store) for s in spec.sources
         )
+        if verify:
+            for store in self.stores:
+                store.verify()
         self._check_stores()
         self.source_blocks = tuple((st.num_tokens - 1) // self.seq_len for st in self.stores)
         self.dtype = np.result_type(*(st.dtype for st in self.stores))

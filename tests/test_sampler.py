@@ -458,3 +458,22 @@ if __name__ == "__main__":  # python tests/test_sampler.py regenerates the golde
         sampler = golden_sampler(Path(tmp))
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps([list(sampler.locate(i)) for i in range(1000)]) + "\n")
+
+
+def test_a_store_that_fails_cheap_checks_is_refused_at_open_and_checksums_on_request(tmp_path):
+    from mixer.errors import StoreError
+
+    stores = {"a": make_store(tmp_path / "a", 5000), "b": make_store(tmp_path / "b", 3000, seed=1)}
+    spec = spec_for(stores, {"a": 0.5, "b": 0.5}, seq_len=16, blocks=100)
+    MixSampler(spec, verify=True)  # intact
+
+    data = bytearray((tmp_path / "b" / "shard-00000.bin").read_bytes())
+    data[10] ^= 0xFF  # same size: only a checksum can tell
+    (tmp_path / "b" / "shard-00000.bin").write_bytes(bytes(data))
+    MixSampler(spec)  # the cheap checks cannot see a flipped byte
+    with pytest.raises(StoreError, match="shard-00000.bin: sha256"):
+        MixSampler(spec, verify=True)
+
+    (tmp_path / "b" / "shard-00000.bin").write_bytes(bytes(data[:-2]))  # truncated
+    with pytest.raises(StoreError, match="shard-00000"):
+        MixSampler(spec)
