@@ -295,7 +295,9 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
     bar.reused(sum(s.task.weight for s in specs if s.name in entries), len(entries))
     started = time.perf_counter()
-    execute = run_in_process if job.workers == 0 else run_on_ray
+    # One local worker gains nothing from Ray but its ~5 s of start-up: run it in this process.
+    one_local = not job.ray_address and (job.workers or os.cpu_count() or 1) <= 1
+    execute = run_in_process if job.workers == 0 or one_local else run_on_ray
     nodes: set[str] = set()
     try:
         for spec, entry, node in execute(pending, info, job):

@@ -292,7 +292,7 @@ def test_kill_and_resume_gives_byte_identical_store(tmp_path, tokenizer_path):
         "-t",
         tokenizer_path,
         "--workers",
-        "1",
+        "2",
         "--chunk-mb",
         "1",
         "--no-progress",
