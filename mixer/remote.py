@@ -17,6 +17,12 @@ The cache directory is `cache_dir` when given, else ``$MIXER_CACHE_DIR``, else
 ``~/.cache/mixer``. Credentials and endpoints come from the usual environment (AWS_* variables,
 AWS_ENDPOINT_URL) and from `storage_options`, passed to ``fsspec.core.url_to_fs``. Nothing is
 ever evicted from the cache (no size bound).
+
+Retries: botocore (5 attempts, exponential backoff), s3fs (5 for throttling, dropped
+connections and truncated bodies) and aiohttp (once, for a stale pooled connection) retry each
+request below `with_retries`, so against an endpoint that stays down the layers multiply: about
+25 requests and 30-45 s per attempt measured against a 503-only endpoint, some minutes before the
+final `MixerError`. Set ``AWS_MAX_ATTEMPTS`` or s3fs's `retries` to shorten that.
 """
 
 from __future__ import annotations
@@ -80,6 +86,12 @@ def _filesystem(url: str, storage_options: dict | None):
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
+    try:  # a body cut short reaches us as aiohttp's ClientPayloadError once s3fs gives up
+        import aiohttp
+
+        errors.append(aiohttp.ClientError)
+    except ImportError:  # pragma: no cover - only without the s3 extras
+        pass
     try:
         import botocore.exceptions
 
@@ -153,16 +165,70 @@ def upload_store(
 
     local = Path(local)
     manifest = read_manifest(local)
-    fs, root = _filesystem(url, storage_options)
     names = [name for entry in manifest["shards"] for name in (entry["bin"], entry["idx"])]
-    for name in [*names, MANIFEST]:
-        source = str(safe_member(local, name))
-        target = f"{root}/{name}"
+    for name in names:
+        safe_member(local, name)
+    upload_files(local, [*names, MANIFEST], url, storage_options, attempts)
+
+
+def upload_files(
+    local: Path,
+    names: list[str],
+    url: str,
+    storage_options: dict | None = None,
+    attempts: int | None = None,
+) -> None:
+    """Upload `local/NAME` to `url/NAME` for each name, in order, each with retries."""
+    fs, root = _filesystem(url, storage_options)
+    for name in names:
         with_retries(
-            lambda s=source, t=target: fs.put_file(s, t),
+            lambda s=str(local / name), t=f"{root}/{name}": fs.put_file(s, t),
             f"{url}/{name}: upload",
             attempts,
         )
+
+
+def put_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write one small object (a manifest, a done record) whole, with retries."""
+    fs, path = _filesystem(url, storage_options)
+    with_retries(lambda: fs.pipe_file(path, data), f"{url}: upload")
+
+
+def object_sizes(url: str, storage_options: dict | None = None) -> dict[str, int]:
+    """Size of every object directly under `url`, by name (empty when there is none)."""
+    fs, root = _filesystem(url, storage_options)
+
+    def listing() -> list[dict]:
+        fs.invalidate_cache(root)
+        try:
+            return fs.ls(root, detail=True)
+        except FileNotFoundError:
+            return []
+
+    found = with_retries(listing, f"{url}: list")
+    return {e["name"].rsplit("/", 1)[-1]: e["size"] for e in found if e.get("type") == "file"}
+
+
+def read_json_objects(url: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """Every JSON object directly under `url`, parsed, by name; unreadable ones are left out."""
+    fs, root = _filesystem(url, storage_options)
+    found = {}
+    for name in object_sizes(url, storage_options):
+        data = with_retries(lambda n=name: fs.cat_file(f"{root}/{n}"), f"{url}/{name}: download")
+        try:
+            found[name] = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a record is written whole or not at all; ignore anything else
+    return found
+
+
+def remove_prefix(url: str, storage_options: dict | None = None) -> None:
+    """Delete everything under `url` (done records after the manifest is up); best effort."""
+    fs, root = _filesystem(url, storage_options)
+    try:
+        fs.rm(root, recursive=True)
+    except FileNotFoundError:
+        pass
 
 
 # ---------------------------------------------------------------------------- reading

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -346,3 +348,188 @@ def test_an_interrupted_fetch_resumes_and_a_rebuilt_store_replaces_the_cached_co
     store = TokenStore.open(prefix, storage_options=options)
     assert documents(store) == [[7, 8], [9]]
     assert not (store.root / "shard-00002.bin").exists()
+
+
+# ---------------------------------------------------------------------------- endpoint faults
+#
+# A FaultProxy (tests/s3_fault_proxy.py) on 127.0.0.1 sits between mixer and the moto server.
+# `faulty` storage options go through it with botocore and s3fs retrying nothing themselves, so
+# each failed request is one failed attempt of mixer's `with_retries`: fault counts are exact
+# and an endpoint that never recovers fails in well under a second. (With their defaults those
+# layers retry each request up to 25 times first; see mixer.remote's docstring.)
+
+PUT_NOT_MANIFEST = lambda method, path: method == "PUT" and MANIFEST not in path  # noqa: E731
+PUT_MANIFEST = lambda method, path: method == "PUT" and MANIFEST in path  # noqa: E731
+GET_BIN = lambda method, path: method == "GET" and ".bin" in path  # noqa: E731
+
+
+@pytest.fixture
+def proxy(s3):
+    from s3_fault_proxy import FaultProxy
+
+    endpoint = s3[0]["client_kwargs"]["endpoint_url"]
+    if not endpoint.startswith("http://127.0.0.1:"):
+        pytest.skip("fault injection runs in front of the local moto server only")
+    running = FaultProxy(endpoint.removeprefix("http://"))
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def faulty(proxy, monkeypatch) -> dict:
+    """storage_options through the proxy; only mixer retries (3 attempts: s3fs sleeps 0.1 s
+    after every failure even when it does not retry)."""
+    import s3fs
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    monkeypatch.setattr(remote, "RETRY_ATTEMPTS", 3)
+    return {
+        "client_kwargs": {"endpoint_url": proxy.url},
+        "config_kwargs": {"retries": {"total_max_attempts": 1}},
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tokenizer_path) -> tuple[tuple[str, ...], Path]:
+    """Inputs and the store a local run makes of them."""
+    root = tmp_path_factory.mktemp("reference")
+    inputs = local_inputs(root / "in", files=2)
+    tokenize(job(tokenizer_path, inputs, str(root / "store")), progress=False)
+    return inputs, root / "store"
+
+
+def objects(fs, url: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    root = url.removeprefix("s3://")
+    return {p.rsplit("/", 1)[1]: fs.cat_file(p) for p in fs.find(root)} if fs.exists(root) else {}
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    """The store's files (cache bookkeeping such as .lock and .used left out)."""
+    return {p.name: p.read_bytes() for p in directory.iterdir() if not p.name.startswith(".")}
+
+
+def cli_tokenize(inputs, tokenizer_path: str, out: str, options: dict) -> int:
+    from mixer.cli import main
+
+    argv = ["tokenize", *inputs, "-t", tokenizer_path, "-o", out, "--workers", "0"]
+    argv += ["--backend", "hf", "--no-progress", "--storage-options", json.dumps(options)]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    return exited.value.code
+
+
+def test_tokenize_to_s3_rides_out_an_endpoint_failing_for_a_while(
+    reference, tokenizer_path, proxy, faulty, prefix, s3fs_
+):
+    inputs, local = reference
+    # Two failures in a row (what 3 attempts absorb) on a shard file and on the manifest; "lost"
+    # stores the manifest but loses the answer, so the retry writes it again.
+    for mode, match in [("503", PUT_NOT_MANIFEST), ("reset", PUT_NOT_MANIFEST)]:
+        proxy.fail(mode, times=1, match=match)
+    for mode, match in [("500", PUT_MANIFEST), ("lost", PUT_MANIFEST)]:
+        proxy.fail(mode, times=1, match=match)
+    assert cli_tokenize(inputs, tokenizer_path, prefix, faulty) == 0
+    assert [mode for _, _, mode in proxy.faulted()] == ["503", "reset", "500", "lost"]
+    assert objects(s3fs_, prefix) == files(local)  # every object byte-identical, nothing else
+
+
+def test_tokenize_to_an_endpoint_that_never_recovers_is_one_clear_error_and_publishes_nothing(
+    reference, tokenizer_path, proxy, faulty, prefix, s3fs_, capsys
+):
+    inputs, local = reference
+    proxy.fail("503", match=PUT_NOT_MANIFEST)
+    started = time.monotonic()
+    assert cli_tokenize(inputs, tokenizer_path, prefix, faulty) == 1
+    assert time.monotonic() - started < 15
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(
+        rf"mixer: error: {re.escape(prefix)}/\S+: upload: failed after "
+        rf"{remote.RETRY_ATTEMPTS} attempts \(OSError: .*reduce your request rate.*\)",
+        error,
+    ), error
+    assert MANIFEST not in objects(s3fs_, prefix)
+    with pytest.raises(StoreError, match="not a token store"):
+        TokenStore.open(prefix, storage_options=faulty)
+
+    proxy.heal()  # the endpoint is back: a rerun finishes the job from the staged store
+    assert cli_tokenize(inputs, tokenizer_path, prefix, faulty) == 0
+    assert objects(s3fs_, prefix) == files(local)
+
+
+def test_cache_fill_rides_out_dropped_connections_and_bodies_cut_short(
+    reference, s3, proxy, faulty, prefix
+):
+    local = reference[1]
+    remote.upload_store(local, prefix, s3[0])
+    for shard, modes in [("00000", ["truncate", "reset"]), ("00001", ["503", "truncate"])]:
+        for mode in modes:
+            proxy.fail(mode, times=1, match=lambda m, p, s=shard: m == "GET" and f"{s}.bin" in p)
+    store = TokenStore.open(prefix, storage_options=faulty)
+    assert [mode for _, _, mode in proxy.faulted()] == ["truncate", "reset", "503", "truncate"]
+    store.verify()
+    assert files(store.root) == files(local)
+
+
+def test_a_body_cut_short_every_time_is_a_clear_error_and_never_lands_in_the_cache(
+    reference, s3, proxy, faulty, prefix
+):
+    local = reference[1]
+    remote.upload_store(local, prefix, s3[0])
+    proxy.fail("truncate", match=lambda method, path: method == "GET" and "00001.bin" in path)
+    with pytest.raises(MixerError) as error:
+        TokenStore.open(prefix, storage_options=faulty)
+    assert str(error.value).startswith(
+        f"{prefix}/shard-00001.bin: download: failed after {remote.RETRY_ATTEMPTS} attempts"
+    )
+    cached = remote.cached_store_dir(prefix)
+    assert not (cached / "shard-00001.bin").exists()
+    assert not (cached / MANIFEST).exists()
+    assert not [p for p in cached.iterdir() if ".tmp-" in p.name]
+
+    proxy.heal()
+    store = TokenStore.open(prefix, storage_options=faulty)
+    store.verify()
+    assert files(store.root) == files(local)
+
+
+def test_reading_from_an_endpoint_that_never_recovers_is_one_clear_error_within_seconds(
+    reference, s3, proxy, faulty, prefix, monkeypatch, capsys
+):
+    import s3fs
+
+    from mixer.cli import main
+
+    remote.upload_store(reference[1], prefix, s3[0])
+    proxy.fail("reset")
+    # The CLI passes no storage_options: the endpoint and botocore's retries come from the env.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    started = time.monotonic()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["inspect", prefix])
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert time.monotonic() - started < 15
+    assert exited.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        f"mixer: error: {prefix}/{MANIFEST}: download: failed after {remote.RETRY_ATTEMPTS} att"
+    )
+    assert "\n" not in error
+    assert len(proxy.faulted()) >= remote.RETRY_ATTEMPTS
+    assert not (remote.cached_store_dir(prefix) / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("mode", ["truncate", "503"])
+def test_with_default_retry_settings_a_short_fault_is_retried_below_mixer(
+    mode, reference, s3, proxy, prefix, monkeypatch
+):
+    remote.upload_store(reference[1], prefix, s3[0])
+    monkeypatch.setattr(remote, "RETRY_ATTEMPTS", 1)  # mixer itself does not retry here
+    proxy.fail(mode, times=1, match=GET_BIN)
+    store = TokenStore.open(prefix, storage_options={"client_kwargs": {"endpoint_url": proxy.url}})
+    assert len(proxy.faulted()) == 1
+    store.verify()
