@@ -6,6 +6,7 @@ Every user error is a `MixerError`, printed as one line (`mixer: error: ...`) wi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -35,6 +36,25 @@ def parse_json_option(value: str | None, flag: str) -> dict:
     if not isinstance(parsed, dict):
         raise MixerError(f"{flag} must be a JSON object, got {value!r}")
     return parsed
+
+
+@app.callback()
+def options(
+    cache_max_bytes: Annotated[
+        float | None,
+        typer.Option(
+            help="Bound on the local cache of s3:// (fsspec URL) stores that commands read, "
+            "e.g. 200e9; least recently used stores are evicted (default $MIXER_CACHE_MAX_BYTES, "
+            "else no bound). Goes before the command: mixer --cache-max-bytes 200e9 mix ...",
+        ),
+    ] = None,
+) -> None:
+    from mixer import remote
+
+    if cache_max_bytes is not None:
+        if not cache_max_bytes >= 1:
+            raise MixerError(f"--cache-max-bytes must be at least 1, got {cache_max_bytes:g}")
+        os.environ[remote.MAX_BYTES_ENV] = str(int(cache_max_bytes))  # reaches every open
 
 
 @app.command(

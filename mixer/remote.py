@@ -15,8 +15,27 @@ memory-mapped as usual. A changed manifest at the URL empties the cached copy fi
 
 The cache directory is `cache_dir` when given, else ``$MIXER_CACHE_DIR``, else
 ``~/.cache/mixer``. Credentials and endpoints come from the usual environment (AWS_* variables,
-AWS_ENDPOINT_URL) and from `storage_options`, passed to ``fsspec.core.url_to_fs``. Nothing is
-ever evicted from the cache (no size bound).
+AWS_ENDPOINT_URL) and from `storage_options`, passed to ``fsspec.core.url_to_fs``.
+
+Size bound: with `max_bytes` (else ``$MIXER_CACHE_MAX_BYTES``, e.g. ``200e9``, which
+``mixer --cache-max-bytes`` sets; unset means no bound), a fetch first evicts whole cached
+stores, least recently opened first (each open stamps ``.used``), until the cached stores plus
+the one to fetch fit. A store that alone exceeds the bound is an error before anything is
+downloaded or evicted, and so is a bound that only stores in use could make room for: no
+thrashing, no silent overshoot. Fetches in progress count at their full size (their
+``.manifest.json.incoming``), and room is made under one lock per cache (``stores/.lock``), so
+concurrent fetches of different stores respect the bound together. Staging directories of
+``tokenize --out URL`` are neither counted nor evicted: tokenize removes each after its upload,
+and one left by a crash is what the rerun resumes from.
+
+In use means held: a process that fetches or opens a store takes a shared ``flock`` on its
+``.use`` file and keeps it until it exits (or calls `release_store`), and eviction takes that
+lock exclusively without waiting and skips the store when it cannot. A lock held only while
+opening would not do: `TokenStore` maps shard files lazily, on first read, and `MixSampler`
+reopens cached paths in DataLoader workers. (Where a cached file is unlinked anyway, because the
+store at the URL was rebuilt or a process released its hold, Linux keeps an existing memory map
+of it valid; only later opens see the new state.) Eviction deletes the manifest first, so a store
+emptied halfway is never taken for complete, and keeps the lock files.
 
 Retries: botocore (5 attempts, exponential backoff), s3fs (5 for throttling, dropped
 connections and truncated bodies) and aiohttp (once, for a stale pooled connection) retry each
@@ -43,6 +62,11 @@ from mixer.errors import MixerError, StoreError
 
 MANIFEST = "manifest.json"  # same as mixer.store.MANIFEST; store imports this module lazily
 CACHE_ENV = "MIXER_CACHE_DIR"
+MAX_BYTES_ENV = "MIXER_CACHE_MAX_BYTES"
+INCOMING = f".{MANIFEST}.incoming"  # the manifest a fetch in progress follows
+USE_LOCK = ".use"  # shared flock: a process has this store open (see module docstring)
+LAST_USED = ".used"  # mtime: when the store was last opened
+LOCK_FILES = (".lock", USE_LOCK)  # kept by eviction: a waiter may hold them open
 RETRY_ATTEMPTS = 5
 RETRY_BASE_DELAY = 0.5  # seconds; doubled after every failed attempt
 CHUNK = 8 << 20
@@ -58,6 +82,20 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mixer")
+
+
+def cache_max_bytes() -> int | None:
+    """The cache bound from ``$MIXER_CACHE_MAX_BYTES`` (plain or 1e9 notation), None if unset."""
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise MixerError(f"${MAX_BYTES_ENV}={text!r} is not a positive number of bytes")
+    return value
 
 
 def url_key(url: str) -> str:
@@ -289,16 +327,113 @@ def _download_checked(fs, source: str, target: Path, entry: dict, kind: str, url
         tmp.unlink(missing_ok=True)
 
 
+_pins: dict[str, Any] = {}  # cached store directory -> open .use file holding a shared flock
+_pins_guard = threading.Lock()
+
+
+def _hold(local: Path) -> None:
+    """Mark `local` in use by this process until it exits (shared lock on its .use file)."""
+    with _pins_guard:
+        if str(local) in _pins:
+            return
+        local.mkdir(parents=True, exist_ok=True)
+        handle = open(local / USE_LOCK, "a+b")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # waits only for an eviction under way
+        _pins[str(local)] = handle
+
+
+def release_store(url: str, cache_dir: str | os.PathLike | None = None) -> None:
+    """Let other processes evict the cached copy of `url` again (see the module docstring).
+
+    Only once this process no longer reads the store: its shard files may then be deleted.
+    """
+    with _pins_guard:
+        handle = _pins.pop(str(cached_store_dir(url, cache_dir)), None)
+    if handle is not None:
+        handle.close()
+
+
+def _planned_bytes(manifest: dict) -> int:
+    return sum(
+        int(entry.get("bin_bytes") or 0) + int(entry.get("idx_bytes") or 0)
+        for entry in manifest.get("shards", ())
+        if isinstance(entry, dict)
+    )
+
+
+def _store_bytes(directory: Path) -> int:
+    """Bytes a cached store takes, or will take once the fetch under way there finishes."""
+    on_disk = planned = 0
+    for child in directory.iterdir():
+        try:
+            on_disk += child.stat().st_size if child.is_file() else 0
+            if child.name in (MANIFEST, INCOMING):
+                planned = max(planned, _planned_bytes(json.loads(child.read_bytes())))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # deleted meanwhile, or not a manifest: its bytes on disk still count
+    return max(on_disk, planned)
+
+
+def _last_used(directory: Path) -> int:
+    try:
+        return (directory / LAST_USED).stat().st_mtime_ns
+    except OSError:
+        return 0  # never opened to the end (an interrupted fetch): evict first
+
+
+def _evict(directory: Path) -> bool:
+    """Empty a cached store unless some process holds it; True when emptied."""
+    with open(directory / USE_LOCK, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        (directory / MANIFEST).unlink(missing_ok=True)  # first: no manifest over missing shards
+        for child in directory.iterdir():
+            if child.name not in LOCK_FILES:
+                shutil.rmtree(child) if child.is_dir() else child.unlink(missing_ok=True)
+    return True
+
+
+def _make_room(local: Path, need: int, bound: int, url: str) -> None:
+    """Evict least recently used stores other than `local` until `need` more bytes fit."""
+    if need > bound:
+        raise MixerError(
+            f"{url}: store is {need:,} bytes, more than the cache bound of {bound:,} bytes "
+            f"(--cache-max-bytes / ${MAX_BYTES_ENV})"
+        )
+    others = [d for d in local.parent.iterdir() if d.is_dir() and d != local]
+    sizes = {d: _store_bytes(d) for d in others}
+    used = sum(sizes.values())
+    for victim in sorted(others, key=_last_used):
+        if used + need <= bound:
+            return
+        if sizes[victim] and _evict(victim):
+            used -= sizes[victim]
+    if used + need > bound:
+        raise MixerError(
+            f"{url}: store is {need:,} bytes and the cache bound is {bound:,} bytes, but "
+            f"{used:,} bytes of cached stores are in use by running processes "
+            f"(--cache-max-bytes / ${MAX_BYTES_ENV})"
+        )
+
+
 def fetch_store(
     url: str,
     cache_dir: str | os.PathLike | None = None,
     storage_options: dict | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
-    """Make a verified local copy of the store at `url` (once per node) and return its path."""
+    """Make a verified local copy of the store at `url` (once per node) and return its path.
+
+    `max_bytes` bounds the cache (default ``$MIXER_CACHE_MAX_BYTES``; see the module docstring).
+    """
     from mixer.store import check_manifest, safe_member, write_bytes_atomic
 
     fs, root = _filesystem(url, storage_options)
     local = cached_store_dir(url, cache_dir)
+    bound = cache_max_bytes() if max_bytes is None else max_bytes
+    _hold(local)
     with _locked(local):
 
         def get_manifest() -> bytes:
@@ -311,30 +446,38 @@ def fetch_store(
 
         manifest_bytes = with_retries(get_manifest, f"{url}/{MANIFEST}: download")
         local_manifest = local / MANIFEST
-        incoming = local / f".{MANIFEST}.incoming"  # the manifest a fetch in progress follows
-        if local_manifest.exists() and local_manifest.read_bytes() == manifest_bytes:
-            return local
-        if not (incoming.exists() and incoming.read_bytes() == manifest_bytes):
-            # No copy, or one of another build of the store at the URL (rebuilt since): shard
-            # files here were checked against another manifest, so start from nothing.
-            for child in local.iterdir():
-                if child.name != ".lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        try:
-            manifest = check_manifest(json.loads(manifest_bytes), f"{url}/{MANIFEST}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise StoreError(f"{url}/{MANIFEST}: manifest is not valid JSON ({e})") from None
-        write_bytes_atomic(incoming, manifest_bytes)
-        for entry in manifest["shards"]:
-            if not isinstance(entry, dict):
-                raise StoreError(f"{url}/{MANIFEST}: malformed shard entry {entry!r}")
-            for kind in ("bin", "idx"):
-                target = safe_member(local, entry.get(kind))
-                if target.exists() and target.stat().st_size == entry.get(f"{kind}_bytes"):
-                    continue  # verified before it was renamed into place by an earlier fetch
-                _download_checked(fs, f"{root}/{target.name}", target, entry, kind, url)
-        write_bytes_atomic(local_manifest, manifest_bytes)
-        incoming.unlink()
+        incoming = local / INCOMING
+        if not (local_manifest.exists() and local_manifest.read_bytes() == manifest_bytes):
+            if not (incoming.exists() and incoming.read_bytes() == manifest_bytes):
+                # No copy, or one of another build of the store at the URL (rebuilt since):
+                # shard files here were checked against another manifest, so start from nothing.
+                for child in local.iterdir():
+                    if child.name not in LOCK_FILES:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            try:
+                manifest = check_manifest(json.loads(manifest_bytes), f"{url}/{MANIFEST}")
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise StoreError(f"{url}/{MANIFEST}: manifest is not valid JSON ({e})") from None
+            if bound is None:
+                write_bytes_atomic(incoming, manifest_bytes)
+            else:  # room and reservation (the incoming manifest) in one step per cache
+                with _locked(local.parent):
+                    need = _planned_bytes(manifest) + len(manifest_bytes)
+                    _make_room(local, need, bound, url)
+                    write_bytes_atomic(incoming, manifest_bytes)
+            for entry in manifest["shards"]:
+                if not isinstance(entry, dict):
+                    raise StoreError(f"{url}/{MANIFEST}: malformed shard entry {entry!r}")
+                for kind in ("bin", "idx"):
+                    target = safe_member(local, entry.get(kind))
+                    if target.exists() and target.stat().st_size == entry.get(f"{kind}_bytes"):
+                        continue  # verified before it was renamed into place by an earlier fetch
+                    _download_checked(fs, f"{root}/{target.name}", target, entry, kind, url)
+            write_bytes_atomic(local_manifest, manifest_bytes)
+            incoming.unlink()
+        now = time.time_ns()  # exact stamp: the filesystem's own clock ticks too coarsely
+        (local / LAST_USED).touch()
+        os.utime(local / LAST_USED, ns=(now, now))
     return local
 
 
@@ -342,8 +485,9 @@ def open_store(
     url: str,
     cache_dir: str | os.PathLike | None = None,
     storage_options: dict | None = None,
+    max_bytes: int | None = None,
 ) -> Any:
     """`TokenStore` over the cached copy of the store at `url`."""
     from mixer.store import TokenStore
 
-    return TokenStore.open(fetch_store(url, cache_dir, storage_options))
+    return TokenStore.open(fetch_store(url, cache_dir, storage_options, max_bytes))

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -533,3 +536,184 @@ def test_with_default_retry_settings_a_short_fault_is_retried_below_mixer(
     store = TokenStore.open(prefix, storage_options={"client_kwargs": {"endpoint_url": proxy.url}})
     assert len(proxy.faulted()) == 1
     store.verify()
+
+
+# ---------------------------------------------------------------------------- cache bound
+
+
+@pytest.fixture(autouse=True)
+def _release_held_stores():
+    """This process holds every store it opened; let go at the end of each test."""
+    yield
+    with remote._pins_guard:
+        handles = list(remote._pins.values())
+        remote._pins.clear()
+    for handle in handles:
+        handle.close()
+
+
+@pytest.fixture
+def stores(tmp_path, s3, prefix) -> tuple[dict[str, str], dict[str, list], int]:
+    """Three stores of one size at URLs a, b, c: their URLs, documents and size once cached."""
+    from mixer.store import write_store
+
+    urls, docs, sizes = {}, {}, set()
+    for seed, name in enumerate("abc"):
+        rng = np.random.default_rng(seed)
+        # Shards much larger than the manifest, so a store's bytes are not mostly its manifest.
+        docs[name] = [rng.integers(0, 70_000, 2000).tolist() for _ in range(4)]
+        local = write_store(tmp_path / name, docs[name], vocab_size=70_000, docs_per_shard=2)
+        urls[name] = f"{prefix}/{name}"
+        remote.upload_store(local, urls[name], s3[0])
+        sizes.add(sum(p.stat().st_size for p in local.iterdir()))
+    assert len(sizes) == 1
+    return urls, docs, sizes.pop()
+
+
+def cached(url: str) -> bool:
+    return (remote.cached_store_dir(url) / MANIFEST).exists()
+
+
+def cache_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in (cache / "stores").rglob("*") if p.is_file())
+
+
+def open_and_release(url: str, options: dict) -> TokenStore:
+    """Open like a process that then exits: the copy may be evicted afterwards."""
+    store = TokenStore.open(url, storage_options=options)
+    remote.release_store(url)
+    return store
+
+
+def test_the_cache_bound_evicts_the_least_recently_opened_store_and_refetches_it_when_needed(
+    stores, s3, cache, monkeypatch
+):
+    urls, docs, size = stores
+    bound = 2 * size + size // 2  # two stores fit, three do not
+    monkeypatch.setenv(remote.MAX_BYTES_ENV, str(bound))
+    staging = remote.staging_dir(urls["a"] + "-out")  # a tokenize --out URL under way
+    staging.mkdir(parents=True)
+    with open(staging / "shard-00000.bin", "wb") as big:
+        big.truncate(10 * bound)  # neither counted nor evicted
+    for name in "aba":  # a is now more recently opened than b
+        open_and_release(urls[name], s3[0])
+    assert [cached(urls[n]) for n in "abc"] == [True, True, False]
+
+    open_and_release(urls["c"], s3[0])
+    assert [cached(urls[n]) for n in "abc"] == [True, False, True]
+    assert cache_bytes(cache) <= bound
+
+    store = open_and_release(urls["b"], s3[0])  # fetched again; a is the least recent now
+    assert [cached(urls[n]) for n in "abc"] == [False, True, True]
+    assert cache_bytes(cache) <= bound
+    store.verify()
+    assert documents(store) == docs["b"]
+    # Evicted: b before a, a before c, now c before b. No fixed order of the stores (say, by
+    # directory name) gives that cycle; only the order of last use does.
+    open_and_release(urls["a"], s3[0])
+    assert [cached(urls[n]) for n in "abc"] == [True, True, False]
+    assert (staging / "shard-00000.bin").stat().st_size == 10 * bound
+
+
+def hold_in_another_process(url: str) -> subprocess.Popen:
+    """A reader process that has opened the store at `url` and keeps running."""
+    code = (
+        "import sys; from mixer.store import TokenStore; TokenStore.open(sys.argv[1]); "
+        "print('open', flush=True); sys.stdin.read()"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", code, url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    ready, _, _ = select.select([reader.stdout], [], [], 60)
+    assert ready and reader.stdout.readline().strip() == "open"
+    return reader
+
+
+@pytest.mark.parametrize("holder", ["another process", "this process"])
+def test_a_store_in_use_is_not_evicted(holder, stores, s3, monkeypatch):
+    urls, docs, size = stores
+    monkeypatch.setenv(remote.MAX_BYTES_ENV, str(size + size // 2))  # one store fits
+    first = TokenStore.open(urls["a"], storage_options=s3[0])
+    reader = None
+    if holder == "another process":
+        remote.release_store(urls["a"])
+        reader = hold_in_another_process(urls["a"])  # the endpoint comes from AWS_ENDPOINT_URL
+    try:
+        with pytest.raises(MixerError, match="in use by running processes") as error:
+            TokenStore.open(urls["b"], storage_options=s3[0])
+        assert str(error.value).startswith(f"{urls['b']}: store is {size:,} bytes")
+        assert cached(urls["a"])
+        first.verify()
+        assert sorted(p.name for p in remote.cached_store_dir(urls["b"]).iterdir()) == [
+            ".lock",
+            ".use",
+        ]  # nothing downloaded
+    finally:
+        if reader is not None:
+            reader.stdin.close()
+            reader.wait(timeout=30)
+        remote.release_store(urls["a"])
+    second = TokenStore.open(urls["b"], storage_options=s3[0])  # a is free to go now
+    assert not cached(urls["a"])
+    assert documents(second) == docs["b"]
+
+
+def test_a_store_larger_than_the_bound_is_refused_before_anything_is_evicted(
+    stores, s3, monkeypatch, capsys
+):
+    from mixer.cli import main
+
+    urls, _, size = stores
+    open_and_release(urls["a"], s3[0])
+    monkeypatch.setenv(remote.MAX_BYTES_ENV, "")  # unbounded; undone after the CLI sets it
+    with pytest.raises(SystemExit) as exited:
+        main(["--cache-max-bytes", str(size - 1), "inspect", urls["b"]])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mixer: error: {urls['b']}: store is {size:,} bytes, more than the cache bound of "
+        f"{size - 1:,} bytes (--cache-max-bytes / ${remote.MAX_BYTES_ENV})"
+    )
+    assert cached(urls["a"])
+    assert not (remote.cached_store_dir(urls["b"]) / remote.INCOMING).exists()
+
+    monkeypatch.setenv(remote.MAX_BYTES_ENV, "lots")
+    with pytest.raises(MixerError, match="MIXER_CACHE_MAX_BYTES='lots' is not a positive number"):
+        TokenStore.open(urls["b"], storage_options=s3[0])
+
+
+def test_concurrent_fetches_of_different_stores_respect_the_bound_together(
+    stores, s3, cache, monkeypatch
+):
+    urls, _, size = stores
+    bound = 2 * size + size // 2
+    monkeypatch.setenv(remote.MAX_BYTES_ENV, str(bound))
+    open_and_release(urls["a"], s3[0])
+    # Both fetches have made room before either downloads a byte: the second must count the
+    # first at its full size, not at the nothing it has on disk yet, and so evict a.
+    both_started = threading.Barrier(2, timeout=30)
+    original = remote._download_checked
+    started: set[int] = set()
+
+    def after_both_made_room(*args):
+        if threading.get_ident() not in started:
+            started.add(threading.get_ident())
+            both_started.wait()
+        return original(*args)
+
+    monkeypatch.setattr(remote, "_download_checked", after_both_made_room)
+    errors: list[BaseException] = []
+
+    def reader(name: str) -> None:
+        try:
+            open_and_release(urls[name], s3[0])
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in "bc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert [cached(urls[n]) for n in "abc"] == [False, True, True]
+    assert cache_bytes(cache) <= bound
