@@ -61,7 +61,9 @@ def s3():
     options = {"client_kwargs": {"endpoint_url": endpoint}}
     fs = s3fs.S3FileSystem(**options)
     if server is not None:
-        fs.mkdir(bucket)
+        # moto keeps its buckets per process: another module's server (test_cluster imports
+        # this fixture) may have made it already.
+        fs.makedirs(bucket, exist_ok=True)
     yield options, bucket
     patch.undo()
     if server is not None:
