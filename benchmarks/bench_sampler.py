@@ -101,6 +101,14 @@ def mix_spec(root: Path, seq_len: int, total_tokens: int, weights: tuple[float, 
     )
 
 
+def copy_blocks(arrays: list[np.ndarray], sources: list, starts: list, out: np.ndarray) -> None:
+    """The limit: row i of `out` is a plain slice copy of `arrays[sources[i]]` from `starts[i]`
+    (blocks located beforehand, as plain ints)."""
+    width = out.shape[1]
+    for row, (s, start) in enumerate(zip(sources, starts, strict=True)):
+        out[row] = arrays[s][start : start + width]
+
+
 def median_rate(fn, blocks: int, runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -125,12 +133,10 @@ def throughput(root: Path, args: argparse.Namespace) -> list[tuple[str, float]]:
     views = [m.view(np.ndarray) for m in memmaps]
     starts = (refs.block * args.seq_len).tolist()
     sources = refs.source.tolist()
-    width = args.seq_len + 1
-    out = np.empty((n, width), dtype=sampler.dtype)
+    out = np.empty((n, args.seq_len + 1), dtype=sampler.dtype)
 
     def copies(arrays: list[np.ndarray]) -> None:
-        for row, (s, start) in enumerate(zip(sources, starts, strict=True)):
-            out[row] = arrays[s][start : start + width]
+        copy_blocks(arrays, sources, starts, out)
 
     def getitem() -> None:
         for i in range(n):
