@@ -52,43 +52,77 @@ SUMMARY = re.compile(r"mixer tokenize: wrote .* in ([0-9.]+)s")
 # ---------------------------------------------------------------------------- corpus
 
 
-def sample_texts() -> list[str]:
+# Globs under pipelines/samples. WEB is this benchmark's corpus; ALL_DOMAINS adds chemistry,
+# music notation and math (LaTeX, Lean, web math) for benchmarks that want several domains.
+WEB_SAMPLES = ("fineweb/**/*.parquet", "dclm/**/*.jsonl.zstd")
+ALL_DOMAINS = (
+    *WEB_SAMPLES,
+    "chempile/**/*.parquet",
+    "musicpile/**/*.parquet",
+    "proof-pile-2/**/*.jsonl.zst",
+    "proofpile/**/*.jsonl.gz",
+)
+
+
+def read_sample(path: str) -> list[str]:
+    import gzip
+
     import pyarrow.parquet as pq
     import zstandard
 
-    texts: list[str] = []
-    samples = ROOT / "pipelines" / "samples"
-    for path in sorted(glob.glob(str(samples / "fineweb" / "**" / "*.parquet"), recursive=True)):
-        texts.extend(t for t in pq.read_table(path, columns=["text"])["text"].to_pylist() if t)
-    for path in sorted(glob.glob(str(samples / "dclm" / "**" / "*.jsonl.zstd"), recursive=True)):
+    if path.endswith(".parquet"):
+        return [t for t in pq.read_table(path, columns=["text"])["text"].to_pylist() if t]
+    if path.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    else:
         with open(path, "rb") as f:
             raw = zstandard.ZstdDecompressor().stream_reader(f).read()
-        for line in raw.decode("utf-8").splitlines():
-            if line.strip() and (text := json.loads(line).get("text")):
-                texts.append(text)
+    rows = (json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip())
+    return [text for row in rows if (text := row.get("text"))]
+
+
+def sample_texts(patterns: tuple[str, ...] = WEB_SAMPLES) -> list[str]:
+    texts: list[str] = []
+    samples = ROOT / "pipelines" / "samples"
+    for pattern in patterns:
+        for path in sorted(glob.glob(str(samples / pattern), recursive=True)):
+            texts.extend(read_sample(path))
     if not texts:
         raise SystemExit("no sample texts found under pipelines/samples")
     return texts
 
 
-def build_corpus(out: Path, mb: float, files: int, seed: int) -> None:
-    import zstandard
+def build_corpus(
+    out: Path, mb: float, files: int, seed: int, patterns: tuple[str, ...] = WEB_SAMPLES
+) -> None:
+    write_corpus(out, corpus_documents(mb, seed, patterns), files)
 
+
+def corpus_documents(mb: float, seed: int, patterns: tuple[str, ...] = WEB_SAMPLES) -> list[str]:
+    """At least `mb` MB of documents spliced from the samples' sentences (see the docstring)."""
     rng = random.Random(seed)
-    docs = [s for s in (SENTENCE_END.split(t) for t in sample_texts()) if s]
+    docs = [s for s in (SENTENCE_END.split(t) for t in sample_texts(patterns)) if s]
     target = int(mb * 1e6)
     written = 0
-    lines: list[list[str]] = [[] for _ in range(files)]
-    n = 0
+    texts: list[str] = []
     while written < target:
         main, other = rng.choice(docs), rng.choice(docs)
         keep = [s for s in main if rng.random() < 0.7] or [rng.choice(main)]
         keep += rng.sample(other, min(len(other), rng.randint(1, 5)))
         rng.shuffle(keep)
-        text = " ".join(keep)
+        texts.append(" ".join(keep))
+        written += len(texts[-1].encode("utf-8"))
+    return texts
+
+
+def write_corpus(out: Path, texts: list[str], files: int) -> None:
+    """Document n goes to file n % files, as {"id": n, "text": ...} lines, zstd level 3."""
+    import zstandard
+
+    lines: list[list[str]] = [[] for _ in range(files)]
+    for n, text in enumerate(texts):
         lines[n % files].append(json.dumps({"id": n, "text": text}, ensure_ascii=False))
-        written += len(text.encode("utf-8"))
-        n += 1
     out.mkdir(parents=True, exist_ok=True)
     for i, chunk in enumerate(lines):
         data = ("\n".join(chunk) + "\n").encode("utf-8")
@@ -99,14 +133,15 @@ def build_corpus(out: Path, mb: float, files: int, seed: int) -> None:
 
 def read_corpus(data: Path) -> list[str]:
     """Documents in the order `mixer tokenize` stores them (files sorted, lines in order)."""
+    return [text for path in sorted(data.glob("*.jsonl.zst")) for text in read_corpus_file(path)]
+
+
+def read_corpus_file(path: Path) -> list[str]:
     import zstandard
 
-    texts = []
-    for path in sorted(data.glob("*.jsonl.zst")):
-        with open(path, "rb") as f:
-            raw = zstandard.ZstdDecompressor().stream_reader(f).read()
-        texts.extend(json.loads(line)["text"] for line in raw.decode("utf-8").splitlines() if line)
-    return texts
+    with open(path, "rb") as f:
+        raw = zstandard.ZstdDecompressor().stream_reader(f).read()
+    return [json.loads(line)["text"] for line in raw.decode("utf-8").splitlines() if line]
 
 
 # ---------------------------------------------------------------------------- children
@@ -173,6 +208,18 @@ def run_pipeline(data: Path, tokenizer: str, out: Path, workers: int, backend: s
     return wall, float(m.group(1)) if m else float("nan")
 
 
+RAW_CELLS = (("hf", 1), ("hf", 2), ("fast", 1), ("fast", 2))
+
+
+def raw_env(engine: str, threads: int) -> dict[str, str]:
+    """hf reads its thread count from the environment; fast takes `threads` as an argument."""
+    if engine == "hf" and threads == 1:
+        return clean_env(TOKENIZERS_PARALLELISM="false")
+    if engine == "hf":
+        return clean_env(TOKENIZERS_PARALLELISM="true", RAYON_NUM_THREADS=str(threads))
+    return clean_env()
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS", "FASTOKENS_BPE_THREADS"):
@@ -223,33 +270,39 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fixed_overhead(data: Path, tokenizer: str, tmp: Path, workers: int, runs: int) -> list[float]:
+    """CLI-reported seconds on a tiny corpus (`data`'s file count, one short document per
+    file): start-up and ray.init, next to no work."""
+    tiny = tmp / "tiny"
+    if not tiny.exists():
+        tiny.mkdir()
+        for i in range(max(1, len(list(data.glob("*.jsonl.zst"))))):
+            (tiny / f"part-{i:03d}.jsonl.zst").write_bytes(
+                zstandard_compress(json.dumps({"text": "Hello world."}) + "\n")
+            )
+    seconds = []
+    for r in range(runs):
+        out = tmp / f"tiny-{workers}-{r}"
+        seconds.append(run_pipeline(tiny, tokenizer, out, workers, "hf")[1])
+        shutil.rmtree(out)
+    return seconds
+
+
 def bench(a, data: Path, tmp: Path, texts: list[str], nbytes: int) -> dict:
     res: dict[str, dict] = {}
     raw_args = lambda e, t: ["raw", e, str(t), str(data), a.tokenizer, str(a.batch)]  # noqa: E731
-    cells = {
-        ("hf", 1): clean_env(TOKENIZERS_PARALLELISM="false"),
-        ("hf", 2): clean_env(TOKENIZERS_PARALLELISM="true", RAYON_NUM_THREADS="2"),
-        ("fast", 1): clean_env(),
-        ("fast", 2): clean_env(),
-    }
-    for (engine, threads), env in cells.items():
-        runs = [run_child(raw_args(engine, threads), env) for _ in range(a.runs)]
+    for engine, threads in RAW_CELLS:
+        runs = [
+            run_child(raw_args(engine, threads), raw_env(engine, threads)) for _ in range(a.runs)
+        ]
         res[f"raw {engine} {threads}t"] = {
             "seconds": statistics.median(r["seconds"] for r in runs),
             "tokens": runs[0]["tokens"],
             "all": [r["seconds"] for r in runs],
         }
         print(f"raw {engine} {threads}t: {res[f'raw {engine} {threads}t']['all']}", file=sys.stderr)
-    tiny = tmp / "tiny"  # same file count, one short document each: the fixed overhead
-    tiny.mkdir()
-    for i in range(max(1, len(list(data.glob("*.jsonl.zst"))))):
-        (tiny / f"part-{i:03d}.jsonl.zst").write_bytes(
-            zstandard_compress(json.dumps({"text": "Hello world."}) + "\n")
-        )
     for w in (1, 2):
-        runs = []
-        for r in range(a.runs):
-            runs.append(run_pipeline(tiny, a.tokenizer, tmp / f"tiny-{w}-{r}", w, "hf")[1])
+        runs = fixed_overhead(data, a.tokenizer, tmp, w, a.runs)
         res[f"ray start {w}w"] = {"seconds": statistics.median(runs), "all": runs}
         print(f"fixed overhead (tiny corpus) {w}w: CLI-reported {runs}", file=sys.stderr)
     stores: dict[tuple[int, str], Path] = {}
