@@ -212,11 +212,14 @@ def mix(
     plot: Annotated[
         str | None, typer.Option(help="PNG of cumulative fractions and epochs per source.")
     ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Recompute every store's checksums first.")
+    ] = False,
 ) -> None:
     """Check a mix spec and report, export or plot the stream it defines."""
     from mixer.report import run_mix
 
-    code = run_mix(spec, report or not (export or plot), as_json, export, start, stop, plot)
+    code = run_mix(spec, report or not (export or plot), as_json, export, start, stop, plot, verify)
     raise typer.Exit(code)
 
 
