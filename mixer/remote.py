@@ -1,10 +1,12 @@
 """Token stores at fsspec URLs (s3://, gs://, ...): upload after tokenizing, read through a cache.
 
-Writing (`mixer tokenize --out s3://bucket/prefix`): the job tokenizes into a local staging
-directory named after a hash of the URL (so a rerun after a crash resumes from the staged shards),
-then `upload_store` puts every shard file and `manifest.json` LAST: a reader that finds the
-manifest at the URL finds every shard it lists. Transient errors are retried with exponential
-backoff a bounded number of times, then reported as a `MixerError` naming the URL.
+Writing (`mixer tokenize --out s3://bucket/prefix`, see mixer.ingest): each task writes its shard
+into a staging directory on the node that runs it (named after a hash of the URL), uploads the
+.bin and .idx (`upload_files`), then a done record (`put_bytes`), and deletes its copy; the
+driver uploads `manifest.json` LAST: a reader that finds the manifest at the URL finds every
+shard it lists. `upload_store` uploads a finished local store in the same order. Transient errors
+are retried with exponential backoff a bounded number of times, then reported as a `MixerError`
+naming the URL.
 
 Reading (`TokenStore.open("s3://...")`, and so `MixSampler` over such specs): `fetch_store`
 copies the store into ``CACHE/stores/<hash of the URL>/`` once per node. A lock file
@@ -25,8 +27,8 @@ downloaded or evicted, and so is a bound that only stores in use could make room
 thrashing, no silent overshoot. Fetches in progress count at their full size (their
 ``.manifest.json.incoming``), and room is made under one lock per cache (``stores/.lock``), so
 concurrent fetches of different stores respect the bound together. Staging directories of
-``tokenize --out URL`` are neither counted nor evicted: tokenize removes each after its upload,
-and one left by a crash is what the rerun resumes from.
+``tokenize --out URL`` are neither counted nor evicted: each task deletes its shard once it is
+uploaded (a rerun resumes from the done records at the URL, not from staging).
 
 In use means held: a process that fetches or opens a store takes a shared ``flock`` on its
 ``.use`` file and keeps it until it exits (or calls `release_store`), and eviction takes that
