@@ -20,13 +20,13 @@ sequence, which `verify_backend` counts as agreement.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from mixer.errors import MixerError
-from mixer.tokenizer import HFEncoder, TokenizerInfo
+from mixer.tokenizer import HFEncoder, TokenizerInfo, load_once
 
 FAST_ENGINE = "fastokens"
 FAST_REQUIREMENT = "fastokens>=0.3.5,<0.4"
@@ -76,13 +76,13 @@ class FastEncoder:
     def __init__(self, info: TokenizerInfo, threads: int = 1):
         if fast_available() is None:
             raise MixerError(f"{FAST_ENGINE} is not installed (pip install '{FAST_REQUIREMENT}')")
-        if json.loads(info.json).get("padding"):
+        if load_once("hf", info, Tokenizer.from_str).padding:
             raise MixerError(f"{info.name} enables padding, which {FAST_ENGINE} bulk encodes skip")
         os.environ["FASTOKENS_BPE_THREADS"] = str(threads)
         import fastokens
 
         try:
-            self.tokenizer = fastokens.Tokenizer.from_json_str(info.json)
+            self.tokenizer = load_once(FAST_ENGINE, info, fastokens.Tokenizer.from_json_str)
         except Exception as e:  # a ValueError naming the unsupported component, usually
             reason = " ".join(str(e).split())  # one line, for the fallback warning
             raise MixerError(f"{FAST_ENGINE} cannot load {info.name}: {reason}") from None

@@ -91,7 +91,10 @@ def tokenize(
     no_eos: Annotated[bool, typer.Option("--no-eos", help="Append no EOS token.")] = False,
     workers: Annotated[
         int | None,
-        typer.Option(help="Parallel Ray tasks (default: all CPUs); 0 runs in-process."),
+        typer.Option(
+            help="Parallel Ray tasks (default: all CPUs, or this process when the input is "
+            "too small to repay Ray's ~5 s start-up); 0 runs in-process."
+        ),
     ] = None,
     ray_address: Annotated[
         str | None, typer.Option(help="Join an existing Ray cluster (auto or HOST:PORT).")

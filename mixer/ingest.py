@@ -46,6 +46,11 @@ PARTIAL_DIR = ".mixer-partial"
 BATCH_DOCUMENTS = 512
 BATCH_CHARS = 4 << 20
 BACKENDS = ("auto", "hf", "fast")
+# For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
+# the pipeline's text bytes per second on one core (bench_tokenize_peers.py). Compressed
+# inputs (.gz, .zst, parquet) count as 4x their size, about what zstd achieves on web text.
+RAY_START_S = 5.0
+CORE_BYTES_PER_S = {"fast": 50e6, "hf": 3e6}
 VERIFY_DOCUMENTS_PER_FILE = 32
 VERIFY_FILES = 64
 
@@ -295,9 +300,7 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
     bar.reused(sum(s.task.weight for s in specs if s.name in entries), len(entries))
     started = time.perf_counter()
-    # One local worker gains nothing from Ray but its ~5 s of start-up: run it in this process.
-    one_local = not job.ray_address and (job.workers or os.cpu_count() or 1) <= 1
-    execute = run_in_process if job.workers == 0 or one_local else run_on_ray
+    execute = run_on_ray if use_ray(job, pending, backend) else run_in_process
     nodes: set[str] = set()
     try:
         for spec, entry, node in execute(pending, info, job):
@@ -333,7 +336,12 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         remote.remove_prefix(f"{url}/{PARTIAL_DIR}", job.storage_options)
         shutil.rmtree(out, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    print(summary_line(manifest, len(entries) - len(pending), elapsed, nodes), file=sys.stderr)
+    line = summary_line(manifest, len(entries) - len(pending), elapsed, nodes)
+    if execute is run_in_process and job.workers is None and (os.cpu_count() or 1) > 1 and pending:
+        line += (
+            " in this process (too little input to repay Ray's start-up; --workers N forces Ray)"
+        )
+    print(line, file=sys.stderr)
     return manifest
 
 
@@ -380,6 +388,28 @@ def resolve_backend(
         raise MixerError(f"--backend fast refused: {mismatch}; use --backend hf or auto")
     print(f"mixer tokenize: warning: using the hf backend: {mismatch}", file=sys.stderr)
     return "hf"
+
+
+def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
+    """Whether to run on Ray: always with --ray-address or an explicit --workers N > 1.
+
+    By default (all CPUs of this machine) only when the work is large enough to repay a local
+    Ray's start-up and shutdown, about 5 s: 100 MB with the fast engine takes about 1.5 s in this
+    process, and the same on two Ray workers 9 s (BENCHMARKS.md).
+    """
+    if job.workers == 0:
+        return False
+    if job.ray_address:
+        return True
+    if job.workers is not None:
+        return job.workers > 1
+    workers = min(os.cpu_count() or 1, len(pending))
+    if workers <= 1:
+        return False
+    weights = [s.task.weight * (1 if s.task.format in ("jsonl", "txt") else 4) for s in pending]
+    one_process_s = sum(weights) / CORE_BYTES_PER_S[backend]
+    ray_s = RAY_START_S + max(sum(weights) / workers, max(weights)) / CORE_BYTES_PER_S[backend]
+    return ray_s < one_process_s
 
 
 def summary_line(manifest: dict, reused: int, seconds: float, nodes: set[str] = frozenset()) -> str:

@@ -364,8 +364,41 @@ def test_a_shard_written_where_the_driver_cannot_see_it_is_an_error(
     monkeypatch.setattr(ingest, "run_on_ray", elsewhere)
     (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello"]))
     job = TokenizeJob(
-        inputs=(str(tmp_path / "a.jsonl"),), tokenizer=tokenizer_path, out=str(tmp_path / "s")
+        inputs=(str(tmp_path / "a.jsonl"),),
+        tokenizer=tokenizer_path,
+        out=str(tmp_path / "s"),
+        workers=2,
     )
     with pytest.raises(MixerError, match="written on Ray node f00dfeedbeef .*shared filesystem"):
         tokenize(job, progress=False)
     assert not (tmp_path / "s" / MANIFEST).exists()
+
+
+def test_ray_is_used_when_asked_or_when_it_pays_off(monkeypatch):
+    """By default a local Ray (about 5 s to start) runs only work that repays it."""
+    from mixer.ingest import TaskSpec, use_ray
+    from mixer.sources import Task
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+    def pending(*megabytes):
+        tasks = [
+            Task(url=f"f{n}", format="jsonl", size=int(mb * 1e6)) for n, mb in enumerate(megabytes)
+        ]
+        return [
+            TaskSpec(task=t, name=f"s{n}", key="", options=None, out="", url=None, backend="")
+            for n, t in enumerate(tasks)
+        ]
+
+    def job(**kw):
+        return TokenizeJob(inputs=(), tokenizer="", out="", **kw)
+
+    assert not use_ray(job(), pending(50, 50), "fast")  # 2 s in this process, 6 s on Ray
+    assert use_ray(job(), pending(500, 500), "fast")
+    assert use_ray(job(), pending(20, 20), "hf")  # 13 s vs 12 s
+    assert not use_ray(job(), pending(2000), "fast")  # one task: nothing to run in parallel
+    assert not use_ray(job(), pending(), "hf")
+    assert use_ray(job(workers=2), pending(1), "fast")  # explicit --workers N > 1: always Ray
+    assert not use_ray(job(workers=1), pending(500, 500), "fast")
+    assert not use_ray(job(workers=0, ray_address="auto"), pending(500, 500), "fast")
+    assert use_ray(job(ray_address="auto"), pending(1), "fast")
