@@ -252,7 +252,7 @@ def mixer_rows(a, data: Path, tokenizer: Path, tmp: Path, ref: Arrays) -> list[R
         w: statistics.median(fixed_overhead(data, str(tokenizer), tmp, w, a.runs)) for w in (1, 2)
     }
     print(f"mixer fixed overhead (tiny corpus, CLI-reported): {overhead}", file=sys.stderr)
-    for backend in ("hf", "fast", "auto"):
+    for backend in a.backends.split(","):
         for workers in (1, 2):
             procs = "1 worker (in-process)" if workers == 1 else f"{workers} Ray workers"
             row = Row(f"mixer --backend {backend}", procs, overhead=overhead[workers])
@@ -445,10 +445,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch", type=int, default=512, help="documents per raw-engine call")
     p.add_argument("--tools", default=",".join(TOOLS), help="subset of " + ",".join(TOOLS))
+    p.add_argument("--backends", default="hf,fast,auto", help="mixer backends to run")
     a = p.parse_args()
     tools = set(a.tools.split(","))
     if tools - set(TOOLS):
         p.error(f"unknown tools {sorted(tools - set(TOOLS))}")
+    if set(a.backends.split(",")) - {"hf", "fast", "auto"}:
+        p.error(f"--backends takes a subset of hf,fast,auto, got {a.backends!r}")
 
     data = a.data or prepare_corpus(a.mb, a.files, a.seed)
     tokenizer = a.tokenizer or prepare_tokenizer(a.vocab, a.seed)

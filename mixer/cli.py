@@ -93,7 +93,7 @@ def tokenize(
         int | None,
         typer.Option(
             help="Parallel Ray tasks (default: all CPUs, or this process when the input is "
-            "too small to repay Ray's ~5 s start-up); 0 runs in-process."
+            "too small to repay Ray's ~7 s start-up); 0 runs in-process."
         ),
     ] = None,
     ray_address: Annotated[

@@ -49,8 +49,8 @@ BACKENDS = ("auto", "hf", "fast")
 # For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
 # the pipeline's text bytes per second on one core (bench_tokenize_peers.py). Compressed
 # inputs (.gz, .zst, parquet) count as 4x their size, about what zstd achieves on web text.
-RAY_START_S = 5.0
-CORE_BYTES_PER_S = {"fast": 50e6, "hf": 3e6}
+RAY_START_S = 7.0
+CORE_BYTES_PER_S = {"fast": 80e6, "hf": 3e6}
 VERIFY_DOCUMENTS_PER_FILE = 32
 VERIFY_FILES = 64
 
@@ -394,8 +394,8 @@ def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
     """Whether to run on Ray: always with --ray-address or an explicit --workers N > 1.
 
     By default (all CPUs of this machine) only when the work is large enough to repay a local
-    Ray's start-up and shutdown, about 5 s: 100 MB with the fast engine takes about 1.5 s in this
-    process, and the same on two Ray workers 9 s (BENCHMARKS.md).
+    Ray's start-up, shutdown and worker imports, about 7 s: with the fast engine 500 MB took 7.0 s
+    in this process and 12.5 s on two Ray workers (BENCHMARKS.md, "Scaling").
     """
     if job.workers == 0:
         return False

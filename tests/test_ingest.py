@@ -393,9 +393,10 @@ def test_ray_is_used_when_asked_or_when_it_pays_off(monkeypatch):
     def job(**kw):
         return TokenizeJob(inputs=(), tokenizer="", out="", **kw)
 
-    assert not use_ray(job(), pending(50, 50), "fast")  # 2 s in this process, 6 s on Ray
-    assert use_ray(job(), pending(500, 500), "fast")
-    assert use_ray(job(), pending(20, 20), "hf")  # 13 s vs 12 s
+    assert not use_ray(job(), pending(50, 50), "fast")  # 1 s in this process, 8 s on Ray
+    assert use_ray(job(), pending(2000, 2000), "fast")
+    assert use_ray(job(), pending(40, 40), "hf")  # 27 s vs 20 s
+    assert not use_ray(job(), pending(15, 15), "hf")  # 10 s vs 12 s
     assert not use_ray(job(), pending(2000), "fast")  # one task: nothing to run in parallel
     assert not use_ray(job(), pending(), "hf")
     assert use_ray(job(workers=2), pending(1), "fast")  # explicit --workers N > 1: always Ray
