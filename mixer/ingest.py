@@ -47,8 +47,8 @@ BATCH_DOCUMENTS = 512
 BATCH_CHARS = 4 << 20
 BACKENDS = ("auto", "hf", "fast")
 # For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
-# the pipeline's text bytes per second on one core (bench_tokenize_peers.py). Compressed
-# inputs (.gz, .zst, parquet) count as 4x their size, about what zstd achieves on web text.
+# the pipeline's text bytes per second on one core (bench_tokenize_peers.py), used with
+# `text_bytes`, whose 4x for compressed inputs is about what zstd achieves on web text.
 RAY_START_S = 7.0
 CORE_BYTES_PER_S = {"fast": 80e6, "hf": 3e6}
 VERIFY_DOCUMENTS_PER_FILE = 32
@@ -406,10 +406,21 @@ def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
     workers = min(os.cpu_count() or 1, len(pending))
     if workers <= 1:
         return False
-    weights = [s.task.weight * (1 if s.task.format in ("jsonl", "txt") else 4) for s in pending]
+    weights = [text_bytes(s.task) for s in pending]
     one_process_s = sum(weights) / CORE_BYTES_PER_S[backend]
     ray_s = RAY_START_S + max(sum(weights) / workers, max(weights)) / CORE_BYTES_PER_S[backend]
     return ray_s < one_process_s
+
+
+def text_bytes(task: sources.Task) -> int:
+    """Estimated text in a task: compressed inputs (.gz, .zst, parquet) count 4x their size."""
+    return task.weight * (1 if task.format in ("jsonl", "txt") else 4)
+
+
+def dispatch_order(pending: list[TaskSpec]) -> list[TaskSpec]:
+    """Largest task first, ties in input order: a big file started last would run alone at the
+    end. The store does not depend on this order (shards are named and listed by input order)."""
+    return sorted(pending, key=lambda s: -text_bytes(s.task))
 
 
 def summary_line(manifest: dict, reused: int, seconds: float, nodes: set[str] = frozenset()) -> str:
@@ -467,7 +478,7 @@ def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
     # only renamed into place when complete, so a retry can neither duplicate nor lose documents.
     remote = ray.remote(num_cpus=1, max_retries=3)(run_task_on_node)
     info_ref = ray.put(info)
-    queue = list(reversed(pending))
+    queue = list(reversed(dispatch_order(pending)))
     in_flight: dict[Any, TaskSpec] = {}
     try:
         while queue or in_flight:

@@ -403,3 +403,25 @@ def test_ray_is_used_when_asked_or_when_it_pays_off(monkeypatch):
     assert not use_ray(job(workers=1), pending(500, 500), "fast")
     assert not use_ray(job(workers=0, ray_address="auto"), pending(500, 500), "fast")
     assert use_ray(job(ray_address="auto"), pending(1), "fast")
+
+
+def test_ray_dispatches_the_largest_tasks_first():
+    """A big compressed file must not start last and run alone at the end of the job."""
+    from mixer.ingest import TaskSpec, dispatch_order
+    from mixer.sources import Task
+
+    sizes = {"a.jsonl": 10, "b.jsonl.zst": 30, "c.jsonl": 100, "d.jsonl": 30, "e.jsonl": 120}
+    pending = [
+        TaskSpec(
+            task=Task(url=url, format=url.split(".", 1)[1], size=size),
+            name=url,
+            key="",
+            options=None,
+            out="",
+            url=None,
+            backend="",
+        )
+        for url, size in sizes.items()
+    ]
+    order = [s.name for s in dispatch_order(pending)]
+    assert order == ["b.jsonl.zst", "e.jsonl", "c.jsonl", "d.jsonl", "a.jsonl"]  # zst counts 4x
