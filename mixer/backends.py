@@ -20,10 +20,10 @@ sequence, which `verify_backend` counts as agreement.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from mixer.errors import MixerError
 from mixer.tokenizer import HFEncoder, TokenizerInfo, load_once
@@ -76,7 +76,7 @@ class FastEncoder:
     def __init__(self, info: TokenizerInfo, threads: int = 1):
         if fast_available() is None:
             raise MixerError(f"{FAST_ENGINE} is not installed (pip install '{FAST_REQUIREMENT}')")
-        if load_once("hf", info, Tokenizer.from_str).padding:
+        if load_once("padding", info, lambda text: json.loads(text).get("padding")):
             raise MixerError(f"{info.name} enables padding, which {FAST_ENGINE} bulk encodes skip")
         os.environ["FASTOKENS_BPE_THREADS"] = str(threads)
         import fastokens

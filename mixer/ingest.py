@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,17 +159,18 @@ def upload_shard(staging: Path, spec: TaskSpec, record: dict) -> None:
 
 def finished_entries(out: Path, specs: list[TaskSpec]) -> dict[str, dict[str, Any]]:
     """Entries of shards an earlier run of the same tasks finished and left intact, by name."""
+
+    def size_of(name: str) -> int | None:
+        path = out / name
+        return path.stat().st_size if path.is_file() else None
+
     entries = {}
     for spec in specs:
         try:
             record = json.loads((out / PARTIAL_DIR / f"{spec.name}.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             continue
-        sizes = {}
-        for name in (record["entry"]["bin"], record["entry"]["idx"]):
-            path = out / name
-            sizes[name] = path.stat().st_size if path.is_file() else None
-        if (entry := reusable(record, spec, sizes)) is not None:
+        if (entry := reusable(record, spec, size_of)) is not None:
             entries[spec.name] = entry
     return entries
 
@@ -180,18 +182,21 @@ def finished_remote_entries(url: str, specs: list[TaskSpec], storage_options: di
     entries = {}
     for spec in specs:
         record = records.get(f"{spec.name}.json")
-        if record is not None and (entry := reusable(record, spec, sizes)) is not None:
+        if (entry := reusable(record, spec, sizes.get)) is not None:
             entries[spec.name] = entry
     return entries
 
 
-def reusable(record: dict, spec: TaskSpec, sizes: dict[str, int | None]) -> dict | None:
+def reusable(record: Any, spec: TaskSpec, size_of: Callable[[str], int | None]) -> dict | None:
     """The record's entry if it is for this exact task and both shard files have its sizes."""
-    entry = record.get("entry") if isinstance(record, dict) else None
-    if record.get("key") != spec.key or not isinstance(entry, dict):
+    if not isinstance(record, dict) or record.get("key") != spec.key:
+        return None
+    entry = record.get("entry")
+    if not isinstance(entry, dict):
         return None
     for kind in ("bin", "idx"):
-        if sizes.get(entry.get(kind)) != entry.get(f"{kind}_bytes"):
+        name = entry.get(kind)
+        if not isinstance(name, str) or size_of(name) != entry.get(f"{kind}_bytes"):
             return None
     return entry
 
@@ -300,7 +305,8 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
     bar.reused(sum(s.task.weight for s in specs if s.name in entries), len(entries))
     started = time.perf_counter()
-    execute = run_on_ray if use_ray(job, pending, backend) else run_in_process
+    on_ray = use_ray(job, pending, backend)
+    execute = run_on_ray if on_ray else run_in_process
     nodes: set[str] = set()
     try:
         for spec, entry, node in execute(pending, info, job):
@@ -337,7 +343,7 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         shutil.rmtree(out, ignore_errors=True)
     elapsed = time.perf_counter() - started
     line = summary_line(manifest, len(entries) - len(pending), elapsed, nodes)
-    if execute is run_in_process and job.workers is None and (os.cpu_count() or 1) > 1 and pending:
+    if not on_ray and job.workers is None and min(os.cpu_count() or 1, len(pending)) > 1:
         line += (
             " in this process (too little input to repay Ray's start-up; --workers N forces Ray)"
         )
@@ -441,7 +447,7 @@ def summary_line(manifest: dict, reused: int, seconds: float, nodes: set[str] = 
 
 
 def run_in_process(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
-    """Sequential, no Ray: for debugging and for memory:// inputs that live in this process."""
+    """Sequential, no Ray: small jobs (see `use_ray`), --workers 0/1, memory:// inputs."""
     for spec in pending:
         yield spec, run_task(spec, info), None
 

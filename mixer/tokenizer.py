@@ -39,6 +39,21 @@ class TokenizerInfo:
         return {"name": self.name, "sha256": self.sha256, "vocab_size": self.vocab_size}
 
 
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+def load_once(what: str, info: TokenizerInfo, load: Callable[[str], T]) -> T:
+    """`load(info.json)` once per process, `what` (an engine's name) and tokenizer.
+
+    Parsing a 50k-vocab tokenizer.json takes 0.1-0.4 s: more than the fast engine needs for a
+    whole 32 MB task, so a worker that runs many tasks must not pay it for each.
+    """
+    key = (what, info.sha256)
+    if key not in _LOADED:
+        _LOADED[key] = load(info.json)
+    return _LOADED[key]
+
+
 def load_tokenizer(path: str, eos_token: str | None = None, no_eos: bool = False) -> TokenizerInfo:
     """Read a tokenizer.json (or a directory holding one), local or any fsspec URL."""
     fs, fs_path = fsspec.core.url_to_fs(path)
@@ -78,21 +93,6 @@ def load_tokenizer(path: str, eos_token: str | None = None, no_eos: bool = False
         eos_token=eos_token if not no_eos else None,
         json=text,
     )
-
-
-_LOADED: dict[tuple[str, str], Any] = {}
-
-
-def load_once(engine: str, info: TokenizerInfo, load: Callable[[str], T]) -> T:
-    """`load(info.json)` once per process, engine and tokenizer, then the same object.
-
-    Parsing a 50k-vocab tokenizer.json takes 0.1-0.4 s: more than the fast engine needs for a
-    whole 32 MB task, so a worker that runs many tasks must not pay it for each.
-    """
-    key = (engine, info.sha256)
-    if key not in _LOADED:
-        _LOADED[key] = load(info.json)
-    return _LOADED[key]
 
 
 class HFEncoder:

@@ -323,6 +323,16 @@ def test_kill_and_resume_gives_byte_identical_store(tmp_path, tokenizer_path):
     assert store_files(victim) == store_files(tmp_path / "clean")
 
 
+def one_document_job(tmp_path, tokenizer_path, **options) -> TokenizeJob:
+    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello"]))
+    return TokenizeJob(
+        inputs=(str(tmp_path / "a.jsonl"),),
+        tokenizer=tokenizer_path,
+        out=str(tmp_path / "s"),
+        **options,
+    )
+
+
 def test_without_ray_address_a_fresh_local_ray_is_started(tmp_path, tokenizer_path, monkeypatch):
     """A bare ray.init() would join any cluster `ray start` left on the machine."""
     import ray
@@ -335,13 +345,7 @@ def test_without_ray_address_a_fresh_local_ray_is_started(tmp_path, tokenizer_pa
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
-    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello"]))
-    job = TokenizeJob(
-        inputs=(str(tmp_path / "a.jsonl"),),
-        tokenizer=tokenizer_path,
-        out=str(tmp_path / "s"),
-        workers=2,
-    )
+    job = one_document_job(tmp_path, tokenizer_path, workers=2)
     with pytest.raises(RuntimeError, match="stop here"):
         tokenize(job, progress=False)
     assert calls == [
@@ -362,20 +366,14 @@ def test_a_shard_written_where_the_driver_cannot_see_it_is_an_error(
             yield spec, entry, "f00dfeedbeef0123"
 
     monkeypatch.setattr(ingest, "run_on_ray", elsewhere)
-    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes(["hello"]))
-    job = TokenizeJob(
-        inputs=(str(tmp_path / "a.jsonl"),),
-        tokenizer=tokenizer_path,
-        out=str(tmp_path / "s"),
-        workers=2,
-    )
+    job = one_document_job(tmp_path, tokenizer_path, workers=2)
     with pytest.raises(MixerError, match="written on Ray node f00dfeedbeef .*shared filesystem"):
         tokenize(job, progress=False)
     assert not (tmp_path / "s" / MANIFEST).exists()
 
 
 def test_ray_is_used_when_asked_or_when_it_pays_off(monkeypatch):
-    """By default a local Ray (about 5 s to start) runs only work that repays it."""
+    """By default a local Ray (about 7 s of fixed cost) runs only work that repays it."""
     from mixer.ingest import TaskSpec, use_ray
     from mixer.sources import Task
 
@@ -425,3 +423,45 @@ def test_ray_dispatches_the_largest_tasks_first():
     ]
     order = [s.name for s in dispatch_order(pending)]
     assert order == ["b.jsonl.zst", "e.jsonl", "c.jsonl", "d.jsonl", "a.jsonl"]  # zst counts 4x
+
+
+def test_the_summary_says_when_the_default_kept_a_small_job_out_of_ray(
+    tmp_path, tokenizer_path, monkeypatch, capsys
+):
+    import mixer.ingest as ingest
+
+    def no_ray(pending, info, job):
+        raise AssertionError("a 2-document job must not start Ray by default")
+
+    monkeypatch.setattr(ingest, "run_on_ray", no_ray)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_bytes(jsonl_bytes([f"hello {name}"]))
+    job = TokenizeJob(inputs=(str(tmp_path),), tokenizer=tokenizer_path, out=str(tmp_path / "s"))
+    tokenize(job, progress=False)
+    assert "in this process (too little input to repay Ray's start-up" in capsys.readouterr().err
+
+
+def test_done_records_are_reused_only_when_they_match_the_task_and_the_files():
+    from mixer.ingest import TaskSpec, reusable
+    from mixer.sources import Task
+
+    spec = TaskSpec(
+        task=Task(url="a.jsonl", format="jsonl", size=1),
+        name="shard-00000",
+        key="k1",
+        options=None,
+        out="",
+        url=None,
+        backend="hf",
+    )
+    entry = {"bin": "shard-00000.bin", "bin_bytes": 8, "idx": "shard-00000.idx", "idx_bytes": 24}
+    sizes = {"shard-00000.bin": 8, "shard-00000.idx": 24}
+    assert reusable({"key": "k1", "entry": entry}, spec, sizes.get) == entry
+    assert reusable({"key": "k2", "entry": entry}, spec, sizes.get) is None  # another task
+    assert (
+        reusable({"key": "k1", "entry": entry}, spec, {**sizes, "shard-00000.idx": 16}.get) is None
+    )
+    assert reusable({"key": "k1", "entry": {**entry, "bin": None}}, spec, sizes.get) is None
+    for damaged in (None, [], "x", {"key": "k1"}, {"key": "k1", "entry": []}):
+        assert reusable(damaged, spec, sizes.get) is None
