@@ -228,12 +228,11 @@ def make_engine(name: str, path: Path, threads: int):
         method = getattr(tok, name.removeprefix("hf."))
         return lambda batch: [e.ids for e in method(batch, add_special_tokens=False)]
     if name == "mixer.HFEncoder":
-        from mixer.tokenizer import HFEncoder, load_tokenizer
+        from mixer.ingest.encoders import HFEncoder, load_tokenizer
 
         return HFEncoder(load_tokenizer(str(path), no_eos=True), threads=threads).encode_batch
     if name == "mixer.FastEncoder":
-        from mixer.backends import FastEncoder
-        from mixer.tokenizer import load_tokenizer
+        from mixer.ingest.encoders import FastEncoder, load_tokenizer
 
         return FastEncoder(load_tokenizer(str(path), no_eos=True), threads=threads).encode_batch
     if name == "fastokens":

@@ -48,7 +48,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mixer.store import TokenStore
+from mixer.store.reader import TokenStore
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEERS_DIR = BENCH_DIR / "peers"

@@ -30,16 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mixer.sampler import MixSampler
-from mixer.spec import MixSpec
-from mixer.store import (
-    MANIFEST,
-    ShardWriter,
-    build_manifest,
-    dtype_for_vocab,
-    encode_index,
-    write_json_atomic,
-)
+from mixer.mix.sampler import MixSampler
+from mixer.mix.spec import MixSpec
+from mixer.store.format import MANIFEST, dtype_for_vocab, encode_index, write_json_atomic
+from mixer.store.writer import ShardWriter, build_manifest
 
 VOCAB = 50_257
 
@@ -159,7 +153,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {bench_dir!r})
 from bench_sampler import mix_spec
-from mixer.sampler import MixSampler
+from mixer.mix.sampler import MixSampler
 def peak_rss_mb():  # VmHWM: this process's peak, unlike ru_maxrss which fork inherits
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):

@@ -162,8 +162,7 @@ def child_raw(engine: str, threads: int, data: str, tokenizer: str, batch: int) 
         seconds = time.perf_counter() - started
         ntok += len(texts)  # one EOS per document, as the store counts
     else:
-        from mixer.backends import FastEncoder
-        from mixer.tokenizer import load_tokenizer
+        from mixer.ingest.encoders import FastEncoder, load_tokenizer
 
         enc = FastEncoder(load_tokenizer(tokenizer), threads=threads)
         enc.encode_batch(batches[0][:8])
@@ -333,7 +332,7 @@ def bench(a, data: Path, tmp: Path, texts: list[str], nbytes: int) -> dict:
 def check(stores: dict[tuple[int, str], Path], texts: list[str], tokenizer: str) -> None:
     from tokenizers import Tokenizer
 
-    from mixer.store import TokenStore
+    from mixer.store.reader import TokenStore
 
     for w in (1, 2):
         hf_bins = sorted(stores[(w, "hf")].rglob("*.bin"))

@@ -164,7 +164,7 @@ def reference_ids(texts: list[str], tokenizer: Path, eos_id: int, batch: int = 5
 
 
 def store_arrays(path: Path) -> Arrays:
-    from mixer.store import TokenStore
+    from mixer.store.reader import TokenStore
 
     store = TokenStore.open(path)
     lengths = np.concatenate([s.index.lengths for s in store.shards])

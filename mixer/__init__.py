@@ -1,9 +1,9 @@
 """mixer: deterministic, high-throughput data mixing and tokenization for LLM pretraining."""
 
 from mixer.errors import InputError, MixerError, SpecError, StoreError
-from mixer.sampler import BlockRef, MixSampler
-from mixer.spec import MixSpec, PhaseSpec, SourceSpec
-from mixer.store import TokenStore
+from mixer.mix.sampler import BlockRef, MixSampler
+from mixer.mix.spec import MixSpec, PhaseSpec, SourceSpec
+from mixer.store.reader import TokenStore
 
 __all__ = [
     "BlockRef",

@@ -49,12 +49,12 @@ def options(
         ),
     ] = None,
 ) -> None:
-    from mixer import remote
+    from mixer.store import cache
 
     if cache_max_bytes is not None:
         if not cache_max_bytes >= 1:
             raise MixerError(f"--cache-max-bytes must be at least 1, got {cache_max_bytes:g}")
-        os.environ[remote.MAX_BYTES_ENV] = str(int(cache_max_bytes))  # reaches every open
+        os.environ[cache.MAX_BYTES_ENV] = str(int(cache_max_bytes))  # reaches every open
 
 
 @app.command(
@@ -118,8 +118,8 @@ def tokenize(
     ] = None,
 ) -> None:
     """Tokenize corpora (jsonl, jsonl.gz, jsonl.zst, parquet, txt) into a token store."""
-    from mixer.ingest import TokenizeJob
-    from mixer.ingest import tokenize as run_tokenize
+    from mixer.ingest.driver import tokenize as run_tokenize
+    from mixer.ingest.job import TokenizeJob
 
     if chunk_mb <= 0:
         raise MixerError(f"--chunk-mb must be positive, got {chunk_mb}")
@@ -150,7 +150,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show a store's documents, tokens, shards, dtype, tokenizer and skipped records."""
-    from mixer.store import TokenStore
+    from mixer.store.reader import TokenStore
 
     opened = TokenStore.open(store)
     m = opened.manifest
@@ -190,7 +190,7 @@ def inspect(
 @app.command(epilog="Example:  mixer verify stores/web")
 def verify(store: Annotated[str, typer.Argument(help="Token store directory.")]) -> None:
     """Recompute every shard checksum and re-check every index against the manifest."""
-    from mixer.store import TokenStore
+    from mixer.store.reader import TokenStore
 
     opened = TokenStore.open(store)
     opened.verify()
@@ -286,7 +286,7 @@ def plan(
         try:
             domain = int(float(domain_tokens))
         except ValueError:
-            from mixer.store import TokenStore
+            from mixer.store.reader import TokenStore
 
             domain = TokenStore.open(domain_tokens).num_tokens
     code = run_plan(

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from mixer.errors import MixerError, SpecError
-from mixer.ingest import TokenizeJob, tokenize
-from mixer.report import export_mix, format_report, mix_report, plot_mix
-from mixer.sampler import MixSampler
-from mixer.spec import MixSpec
+from mixer.ingest.driver import tokenize
+from mixer.ingest.job import TokenizeJob
+from mixer.mix.export import export_mix
+from mixer.mix.sampler import MixSampler
+from mixer.mix.spec import MixSpec
+from mixer.report import format_report, mix_report, plot_mix
 
 try:
     import tomllib

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mixer.sampler import MixSampler
-from mixer.spec import MixSpec
-from mixer.store import write_store
-from mixer.torch import MixedDataLoader, MixedIterableDataset
+from mixer.mix.sampler import MixSampler
+from mixer.mix.spec import MixSpec
+from mixer.mix.torch import MixedDataLoader, MixedIterableDataset
+from mixer.store.writer import write_store
 
 EXAMPLE = Path(__file__).with_name("example-mix.toml")
 VOCAB = 128

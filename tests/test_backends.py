@@ -14,10 +14,16 @@ import numpy as np
 import pytest
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from mixer import backends
-from mixer.backends import ADVERSARIAL, FastEncoder, make_encoder, verify_backend
 from mixer.errors import MixerError
-from mixer.tokenizer import HFEncoder, load_tokenizer
+from mixer.ingest import encoders
+from mixer.ingest.encoders import (
+    ADVERSARIAL,
+    FastEncoder,
+    HFEncoder,
+    load_tokenizer,
+    make_encoder,
+    verify_backend,
+)
 
 pytest.importorskip("fastokens")
 
@@ -204,7 +210,7 @@ def test_verify_checks_the_batched_path_too(tokenizer_files, monkeypatch):
 
 def test_verify_flags_a_text_only_one_engine_refuses(tokenizer_files, monkeypatch):
     info = info_for(tokenizer_files, "byte_level_llama3")
-    monkeypatch.setattr(backends, "ADVERSARIAL", ["fine", "lone \ud800 surrogate"])
+    monkeypatch.setattr(encoders, "ADVERSARIAL", ["fine", "lone \ud800 surrogate"])
     original = FastEncoder.encode_batch
 
     def guesses_surrogates(self, texts):
@@ -218,7 +224,7 @@ def test_verify_flags_a_text_only_one_engine_refuses(tokenizer_files, monkeypatc
 
 def test_missing_engine_is_a_refusal_and_a_clear_error_for_fast(tokenizer_files, monkeypatch):
     info = info_for(tokenizer_files, "byte_level_llama3")
-    monkeypatch.setattr(backends, "fast_available", lambda: None)
+    monkeypatch.setattr(encoders, "fast_available", lambda: None)
     assert "fastokens is not installed (pip install" in verify_backend(info, SAMPLE)
     with pytest.raises(MixerError, match="^--backend fast: fastokens is not installed"):
         make_encoder(info, "fast")
@@ -235,7 +241,7 @@ def test_padding_tokenizers_are_refused(tokenizer_files, tmp_path):
 def test_make_encoder_picks_the_named_backend(tokenizer_files):
     info = info_for(tokenizer_files, "byte_level_llama3")
     assert make_encoder(info, "hf").name == "hf"
-    assert make_encoder(info, "fast").name == backends.fast_available() == "fastokens"
+    assert make_encoder(info, "fast").name == encoders.fast_available() == "fastokens"
     with pytest.raises(MixerError, match="expected 'hf' or 'fast'"):
         make_encoder(info, "turbo")
     info = info_for(tokenizer_files, "unigram_metaspace")

@@ -23,8 +23,9 @@ import pytest
 from test_ingest import documents, jsonl_bytes, store_files
 from test_remote import s3  # noqa: F401 - the moto S3 fixture
 
-from mixer.ingest import TokenizeJob, tokenize
-from mixer.store import TokenStore
+from mixer.ingest.driver import tokenize
+from mixer.ingest.job import TokenizeJob
+from mixer.store.reader import TokenStore
 
 pytestmark = pytest.mark.slow
 FILES = 6

@@ -12,8 +12,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixer import sources
 from mixer.errors import MixerError
+from mixer.ingest import inputs, readers
 
 FORMATS = {
     "jsonl": lambda b: b,
@@ -28,13 +28,13 @@ FORMATS = {
 
 
 def read_all(path: str, fmt: str, on_error: str) -> list[str]:
-    files = sources.expand_inputs([path], fmt)
-    options = sources.ReadOptions(
+    files = inputs.expand_inputs([path], fmt)
+    options = readers.ReadOptions(
         on_error=on_error, txt_mode="line" if fmt == "txt" else "document"
     )
     out: list[str] = []
-    for task in sources.plan_tasks(files, 64, options):
-        out.extend(sources.read_documents(task, options, sources.ReadStats()))
+    for task in inputs.plan_tasks(files, 64, options):
+        out.extend(readers.read_documents(task, options, readers.ReadStats()))
     return out
 
 

@@ -22,8 +22,11 @@ from tokenizers import Tokenizer
 
 from mixer.cli import main
 from mixer.errors import MixerError
-from mixer.ingest import TokenizeJob, tokenize
-from mixer.store import MANIFEST, TokenStore
+from mixer.ingest import task
+from mixer.ingest.driver import tokenize
+from mixer.ingest.job import TokenizeJob
+from mixer.store.format import MANIFEST
+from mixer.store.reader import TokenStore
 
 
 def documents(n: int, seed: int = 0) -> list[str]:
@@ -357,11 +360,11 @@ def test_a_shard_written_where_the_driver_cannot_see_it_is_an_error(
     tmp_path, tokenizer_path, monkeypatch
 ):
     """On a multi-node cluster a local --out that is not shared must fail, not lose shards."""
-    import mixer.ingest as ingest
+    import mixer.ingest.driver as ingest
 
     def elsewhere(pending, info, job):
         for spec in pending:
-            entry = ingest.run_task(spec, info)
+            entry = task.run_task(spec, info)
             (Path(spec.out) / entry["bin"]).unlink()  # as if written on another machine's disk
             yield spec, entry, "f00dfeedbeef0123"
 
@@ -374,8 +377,9 @@ def test_a_shard_written_where_the_driver_cannot_see_it_is_an_error(
 
 def test_ray_is_used_when_asked_or_when_it_pays_off(monkeypatch):
     """By default a local Ray (about 7 s of fixed cost) runs only work that repays it."""
-    from mixer.ingest import TaskSpec, use_ray
-    from mixer.sources import Task
+    from mixer.ingest.executors import use_ray
+    from mixer.ingest.inputs import Task
+    from mixer.ingest.task import TaskSpec
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
 
@@ -405,8 +409,9 @@ def test_ray_is_used_when_asked_or_when_it_pays_off(monkeypatch):
 
 def test_ray_dispatches_the_largest_tasks_first():
     """A big compressed file must not start last and run alone at the end of the job."""
-    from mixer.ingest import TaskSpec, dispatch_order
-    from mixer.sources import Task
+    from mixer.ingest.executors import dispatch_order
+    from mixer.ingest.inputs import Task
+    from mixer.ingest.task import TaskSpec
 
     sizes = {"a.jsonl": 10, "b.jsonl.zst": 30, "c.jsonl": 100, "d.jsonl": 30, "e.jsonl": 120}
     pending = [
@@ -428,7 +433,7 @@ def test_ray_dispatches_the_largest_tasks_first():
 def test_the_summary_says_when_the_default_kept_a_small_job_out_of_ray(
     tmp_path, tokenizer_path, monkeypatch, capsys
 ):
-    import mixer.ingest as ingest
+    import mixer.ingest.driver as ingest
 
     def no_ray(pending, info, job):
         raise AssertionError("a 2-document job must not start Ray by default")
@@ -443,8 +448,9 @@ def test_the_summary_says_when_the_default_kept_a_small_job_out_of_ray(
 
 
 def test_done_records_are_reused_only_when_they_match_the_task_and_the_files():
-    from mixer.ingest import TaskSpec, reusable
-    from mixer.sources import Task
+    from mixer.ingest.driver import reusable
+    from mixer.ingest.inputs import Task
+    from mixer.ingest.task import TaskSpec
 
     spec = TaskSpec(
         task=Task(url="a.jsonl", format="jsonl", size=1),

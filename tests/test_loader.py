@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from test_sampler import make_store, spec_for
 
 from mixer.errors import MixerError
-from mixer.loader import BatchIterator
-from mixer.sampler import MixSampler
+from mixer.mix.loader import BatchIterator
+from mixer.mix.sampler import MixSampler
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixer.permutation import MAX_ROUNDS, SMALL_DOMAIN, epoch_keys, permute, permute_one
+from mixer.mix.permutation import MAX_ROUNDS, SMALL_DOMAIN, epoch_keys, permute, permute_one
 
 SIZES = [1, 2, 3, 4, 5, 7, 8, 13, 16, 17, 31, 64, 97, 127, 128, 129, 1000, 1024, 4099, 65537]
 
@@ -99,7 +99,7 @@ def test_epoch_keys_and_orders_are_pinned():
 
 
 def test_epoch_keys_do_not_depend_on_the_python_hash_seed():
-    code = "from mixer.permutation import epoch_keys; print(epoch_keys(5, 'web', 2))"
+    code = "from mixer.mix.permutation import epoch_keys; print(epoch_keys(5, 'web', 2))"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code],

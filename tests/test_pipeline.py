@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mixer.cli import main
-from mixer.store import TokenStore
+from mixer.store.reader import TokenStore
 
 PIPELINES = sorted(Path(__file__).parent.parent.glob("pipelines/*.toml"))
 RECIPES = [p for p in PIPELINES if p.name != "example-mix.toml"]

@@ -26,12 +26,14 @@ pytest.importorskip("s3fs")
 
 from conftest import CORPUS  # noqa: E402
 
-from mixer import remote  # noqa: E402
 from mixer.errors import MixerError, StoreError  # noqa: E402
 from mixer.ingest import TokenizeJob, tokenize  # noqa: E402
-from mixer.sampler import MixSampler  # noqa: E402
-from mixer.spec import MixSpec  # noqa: E402
-from mixer.store import MANIFEST, TokenStore  # noqa: E402
+from mixer.mix.sampler import MixSampler  # noqa: E402
+from mixer.mix.spec import MixSpec  # noqa: E402
+from mixer.store import cache as store_cache  # noqa: E402
+from mixer.store import remote  # noqa: E402
+from mixer.store.format import MANIFEST
+from mixer.store.reader import TokenStore  # noqa: E402
 
 ENV_ENDPOINT = "MIXER_TEST_S3_ENDPOINT"
 ENV_BUCKET = "MIXER_TEST_S3_BUCKET"
@@ -85,7 +87,7 @@ def s3fs_(s3):
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"
-    monkeypatch.setenv(remote.CACHE_ENV, str(path))
+    monkeypatch.setenv(store_cache.CACHE_ENV, str(path))
     monkeypatch.setattr(remote, "RETRY_BASE_DELAY", 0.0)
     return path
 
@@ -133,12 +135,12 @@ def test_tokenize_to_s3_then_open_through_the_cache_matches_a_local_run(
     tokenize(job(tokenizer_path, inputs, str(local)), progress=False)
     manifest = tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
     assert manifest["num_shards"] == 3
-    assert not remote.staging_dir(prefix).exists()  # staged copy removed after the upload
+    assert not store_cache.staging_dir(prefix).exists()  # staged copy removed after the upload
     listed = sorted(p.rsplit("/", 1)[1] for p in s3fs_.ls(prefix.removeprefix("s3://")))
     assert listed == sorted(p.name for p in local.iterdir())
 
     store = TokenStore.open(prefix, storage_options=options)
-    assert store.root == remote.cached_store_dir(prefix)
+    assert store.root == store_cache.cached_store_dir(prefix)
     assert store.root.is_relative_to(cache)
     for shard in store.shards:
         for path in (shard.bin_path, shard.idx_path):
@@ -182,13 +184,13 @@ class FlakyPuts:
 
 
 def inject_upload_errors(monkeypatch, hook) -> None:
-    original = remote._filesystem
+    original = remote.filesystem
 
     def patched(url, storage_options):
         fs, root = original(url, storage_options)
         return FlakyPuts(fs, hook), root
 
-    monkeypatch.setattr(remote, "_filesystem", patched)
+    monkeypatch.setattr(remote, "filesystem", patched)
 
 
 def test_manifest_is_uploaded_last_and_a_rerun_reuses_the_uploaded_shards(
@@ -216,13 +218,13 @@ def test_manifest_is_uploaded_last_and_a_rerun_reuses_the_uploaded_shards(
     assert records == ["shard-00000.json"]
 
     monkeypatch.undo()
-    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(store_cache.CACHE_ENV, str(tmp_path / "cache"))
     s3fs_.invalidate_cache()
     manifest = tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
     assert "(1 reused)" in capsys.readouterr().err
     s3fs_.invalidate_cache()
     assert s3fs_.exists(f"{root}/{MANIFEST}") and not s3fs_.exists(f"{root}/.mixer-partial")
-    assert not remote.staging_dir(prefix).exists()
+    assert not store_cache.staging_dir(prefix).exists()
     store = TokenStore.open(prefix, storage_options=options)
     store.verify()
     assert store.num_documents == manifest["num_documents"] == 120
@@ -254,7 +256,7 @@ def test_a_corrupted_shard_object_is_a_store_error_and_never_cached(
     s3fs_.pipe(key, bytes(data))
     with pytest.raises(StoreError, match=r"shard-00001\.bin.*sha256"):
         TokenStore.open(prefix, storage_options=options)
-    local = remote.cached_store_dir(prefix)
+    local = store_cache.cached_store_dir(prefix)
     assert not (local / "shard-00001.bin").exists()
     assert not (local / MANIFEST).exists()
     assert not [p for p in local.iterdir() if ".tmp-" in p.name]
@@ -266,13 +268,13 @@ def test_concurrent_readers_download_each_file_once(
     options = s3[0]
     manifest = tokenize(job(tokenizer_path, local_inputs(tmp_path / "in"), prefix, options), False)
     calls: list[str] = []
-    original = remote._download_checked
+    original = store_cache._download_checked
 
     def counting(fs, source, target, *args):
         calls.append(target.name)
         return original(fs, source, target, *args)
 
-    monkeypatch.setattr(remote, "_download_checked", counting)
+    monkeypatch.setattr(store_cache, "_download_checked", counting)
     barrier = threading.Barrier(2)
     stores: list[TokenStore] = []
     errors: list[BaseException] = []
@@ -324,14 +326,14 @@ def test_a_url_holding_another_jobs_store_is_refused(tmp_path, tokenizer_path, s
 def test_an_interrupted_fetch_resumes_and_a_rebuilt_store_replaces_the_cached_copy(
     tmp_path, s3, prefix, monkeypatch
 ):
-    from mixer.store import write_store
+    from mixer.store.writer import write_store
 
     options = s3[0]
     first = write_store(tmp_path / "a", [[1, 2, 3], [4, 5], [6]], vocab_size=100, docs_per_shard=1)
     remote.upload_store(first, prefix, options)
 
     calls: list[str] = []
-    original = remote._download_checked
+    original = store_cache._download_checked
 
     def dies_on_the_third(fs, source, target, *args):
         calls.append(target.name)
@@ -339,7 +341,7 @@ def test_an_interrupted_fetch_resumes_and_a_rebuilt_store_replaces_the_cached_co
             raise KeyboardInterrupt  # a reader killed mid-fetch
         return original(fs, source, target, *args)
 
-    monkeypatch.setattr(remote, "_download_checked", dies_on_the_third)
+    monkeypatch.setattr(store_cache, "_download_checked", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         TokenStore.open(prefix, storage_options=options)
     store = TokenStore.open(prefix, storage_options=options)
@@ -349,7 +351,7 @@ def test_an_interrupted_fetch_resumes_and_a_rebuilt_store_replaces_the_cached_co
     second = write_store(tmp_path / "b", [[7, 8], [9]], vocab_size=100, docs_per_shard=1)
     remote.upload_store(second, prefix, options)
     for name in ("shard-00002.bin", "shard-00002.idx"):  # leftovers of the first build
-        remote._filesystem(prefix, options)[0].rm_file(f"{prefix.removeprefix('s3://')}/{name}")
+        remote.filesystem(prefix, options)[0].rm_file(f"{prefix.removeprefix('s3://')}/{name}")
     store = TokenStore.open(prefix, storage_options=options)
     assert documents(store) == [[7, 8], [9]]
     assert not (store.root / "shard-00002.bin").exists()
@@ -361,7 +363,7 @@ def test_an_interrupted_fetch_resumes_and_a_rebuilt_store_replaces_the_cached_co
 # `faulty` storage options go through it with botocore and s3fs retrying nothing themselves, so
 # each failed request is one failed attempt of mixer's `with_retries`: fault counts are exact
 # and an endpoint that never recovers fails in well under a second. (With their defaults those
-# layers retry each request up to 25 times first; see mixer.remote's docstring.)
+# layers retry each request up to 25 times first; see mixer.store.remote's docstring.)
 
 PUT_NOT_MANIFEST = lambda method, path: method == "PUT" and MANIFEST not in path  # noqa: E731
 PUT_MANIFEST = lambda method, path: method == "PUT" and MANIFEST in path  # noqa: E731
@@ -487,7 +489,7 @@ def test_a_body_cut_short_every_time_is_a_clear_error_and_never_lands_in_the_cac
     assert str(error.value).startswith(
         f"{prefix}/shard-00001.bin: download: failed after {remote.RETRY_ATTEMPTS} attempts"
     )
-    cached = remote.cached_store_dir(prefix)
+    cached = store_cache.cached_store_dir(prefix)
     assert not (cached / "shard-00001.bin").exists()
     assert not (cached / MANIFEST).exists()
     assert not [p for p in cached.iterdir() if ".tmp-" in p.name]
@@ -525,7 +527,7 @@ def test_reading_from_an_endpoint_that_never_recovers_is_one_clear_error_within_
     )
     assert "\n" not in error
     assert len(proxy.faulted()) >= remote.RETRY_ATTEMPTS
-    assert not (remote.cached_store_dir(prefix) / MANIFEST).exists()
+    assert not (store_cache.cached_store_dir(prefix) / MANIFEST).exists()
 
 
 @pytest.mark.parametrize("mode", ["truncate", "503"])
@@ -547,9 +549,9 @@ def test_with_default_retry_settings_a_short_fault_is_retried_below_mixer(
 def _release_held_stores():
     """This process holds every store it opened; let go at the end of each test."""
     yield
-    with remote._pins_guard:
-        handles = list(remote._pins.values())
-        remote._pins.clear()
+    with store_cache._pins_guard:
+        handles = list(store_cache._pins.values())
+        store_cache._pins.clear()
     for handle in handles:
         handle.close()
 
@@ -557,7 +559,7 @@ def _release_held_stores():
 @pytest.fixture
 def stores(tmp_path, s3, prefix) -> tuple[dict[str, str], dict[str, list], int]:
     """Three stores of one size at URLs a, b, c: their URLs, documents and size once cached."""
-    from mixer.store import write_store
+    from mixer.store.writer import write_store
 
     urls, docs, sizes = {}, {}, set()
     for seed, name in enumerate("abc"):
@@ -573,7 +575,7 @@ def stores(tmp_path, s3, prefix) -> tuple[dict[str, str], dict[str, list], int]:
 
 
 def cached(url: str) -> bool:
-    return (remote.cached_store_dir(url) / MANIFEST).exists()
+    return (store_cache.cached_store_dir(url) / MANIFEST).exists()
 
 
 def cache_bytes(cache: Path) -> int:
@@ -583,7 +585,7 @@ def cache_bytes(cache: Path) -> int:
 def open_and_release(url: str, options: dict) -> TokenStore:
     """Open like a process that then exits: the copy may be evicted afterwards."""
     store = TokenStore.open(url, storage_options=options)
-    remote.release_store(url)
+    store_cache.release_store(url)
     return store
 
 
@@ -592,8 +594,8 @@ def test_the_cache_bound_evicts_the_least_recently_opened_store_and_refetches_it
 ):
     urls, docs, size = stores
     bound = 2 * size + size // 2  # two stores fit, three do not
-    monkeypatch.setenv(remote.MAX_BYTES_ENV, str(bound))
-    staging = remote.staging_dir(urls["a"] + "-out")  # a tokenize --out URL under way
+    monkeypatch.setenv(store_cache.MAX_BYTES_ENV, str(bound))
+    staging = store_cache.staging_dir(urls["a"] + "-out")  # a tokenize --out URL under way
     staging.mkdir(parents=True)
     with open(staging / "shard-00000.bin", "wb") as big:
         big.truncate(10 * bound)  # neither counted nor evicted
@@ -634,11 +636,11 @@ def hold_in_another_process(url: str) -> subprocess.Popen:
 @pytest.mark.parametrize("holder", ["another process", "this process"])
 def test_a_store_in_use_is_not_evicted(holder, stores, s3, monkeypatch):
     urls, docs, size = stores
-    monkeypatch.setenv(remote.MAX_BYTES_ENV, str(size + size // 2))  # one store fits
+    monkeypatch.setenv(store_cache.MAX_BYTES_ENV, str(size + size // 2))  # one store fits
     first = TokenStore.open(urls["a"], storage_options=s3[0])
     reader = None
     if holder == "another process":
-        remote.release_store(urls["a"])
+        store_cache.release_store(urls["a"])
         reader = hold_in_another_process(urls["a"])  # the endpoint comes from AWS_ENDPOINT_URL
     try:
         with pytest.raises(MixerError, match="in use by running processes") as error:
@@ -646,7 +648,7 @@ def test_a_store_in_use_is_not_evicted(holder, stores, s3, monkeypatch):
         assert str(error.value).startswith(f"{urls['b']}: store is {size:,} bytes")
         assert cached(urls["a"])
         first.verify()
-        assert sorted(p.name for p in remote.cached_store_dir(urls["b"]).iterdir()) == [
+        assert sorted(p.name for p in store_cache.cached_store_dir(urls["b"]).iterdir()) == [
             ".lock",
             ".use",
         ]  # nothing downloaded
@@ -654,7 +656,7 @@ def test_a_store_in_use_is_not_evicted(holder, stores, s3, monkeypatch):
         if reader is not None:
             reader.stdin.close()
             reader.wait(timeout=30)
-        remote.release_store(urls["a"])
+        store_cache.release_store(urls["a"])
     second = TokenStore.open(urls["b"], storage_options=s3[0])  # a is free to go now
     assert not cached(urls["a"])
     assert documents(second) == docs["b"]
@@ -667,18 +669,18 @@ def test_a_store_larger_than_the_bound_is_refused_before_anything_is_evicted(
 
     urls, _, size = stores
     open_and_release(urls["a"], s3[0])
-    monkeypatch.setenv(remote.MAX_BYTES_ENV, "")  # unbounded; undone after the CLI sets it
+    monkeypatch.setenv(store_cache.MAX_BYTES_ENV, "")  # unbounded; undone after the CLI sets it
     with pytest.raises(SystemExit) as exited:
         main(["--cache-max-bytes", str(size - 1), "inspect", urls["b"]])
     assert exited.value.code == 1
     assert capsys.readouterr().err.strip() == (
         f"mixer: error: {urls['b']}: store is {size:,} bytes, more than the cache bound of "
-        f"{size - 1:,} bytes (--cache-max-bytes / ${remote.MAX_BYTES_ENV})"
+        f"{size - 1:,} bytes (--cache-max-bytes / ${store_cache.MAX_BYTES_ENV})"
     )
     assert cached(urls["a"])
-    assert not (remote.cached_store_dir(urls["b"]) / remote.INCOMING).exists()
+    assert not (store_cache.cached_store_dir(urls["b"]) / store_cache.INCOMING).exists()
 
-    monkeypatch.setenv(remote.MAX_BYTES_ENV, "lots")
+    monkeypatch.setenv(store_cache.MAX_BYTES_ENV, "lots")
     with pytest.raises(MixerError, match="MIXER_CACHE_MAX_BYTES='lots' is not a positive number"):
         TokenStore.open(urls["b"], storage_options=s3[0])
 
@@ -688,12 +690,12 @@ def test_concurrent_fetches_of_different_stores_respect_the_bound_together(
 ):
     urls, _, size = stores
     bound = 2 * size + size // 2
-    monkeypatch.setenv(remote.MAX_BYTES_ENV, str(bound))
+    monkeypatch.setenv(store_cache.MAX_BYTES_ENV, str(bound))
     open_and_release(urls["a"], s3[0])
     # Both fetches have made room before either downloads a byte: the second must count the
     # first at its full size, not at the nothing it has on disk yet, and so evict a.
     both_started = threading.Barrier(2, timeout=30)
-    original = remote._download_checked
+    original = store_cache._download_checked
     started: set[int] = set()
 
     def after_both_made_room(*args):
@@ -702,7 +704,7 @@ def test_concurrent_fetches_of_different_stores_respect_the_bound_together(
             both_started.wait()
         return original(*args)
 
-    monkeypatch.setattr(remote, "_download_checked", after_both_made_room)
+    monkeypatch.setattr(store_cache, "_download_checked", after_both_made_room)
     errors: list[BaseException] = []
 
     def reader(name: str) -> None:

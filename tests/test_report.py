@@ -7,10 +7,11 @@ import pytest
 from test_sampler import make_store
 
 from mixer.errors import MixerError, SpecError
-from mixer.report import export_mix, format_report, mix_report, plot_mix, run_mix
-from mixer.sampler import MixSampler
-from mixer.spec import MixSpec
-from mixer.store import TokenStore
+from mixer.mix.export import export_mix
+from mixer.mix.sampler import MixSampler
+from mixer.mix.spec import MixSpec
+from mixer.report import format_report, mix_report, plot_mix, run_mix
+from mixer.store.reader import TokenStore
 
 SPEC = """
 seq_len = 8

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mixer.errors import SpecError
-from mixer.sampler import MAX_PERIOD, MixSampler, _verify_period, build_period, rationalize
-from mixer.spec import MixSpec
-from mixer.store import TokenStore, write_store
+from mixer.mix.sampler import MAX_PERIOD, MixSampler, _verify_period, build_period, rationalize
+from mixer.mix.spec import MixSpec
+from mixer.store.reader import TokenStore
+from mixer.store.writer import write_store
 
 GOLDEN = Path(__file__).parent / "golden" / "locate_first_1000.json"
 

@@ -207,7 +207,7 @@ def test_dclm_files_use_the_jsonl_zstd_spelling_and_dclm_fields():
 def test_shipped_tokenizer_is_byte_level_with_its_special_tokens_and_round_trips_samples():
     from tokenizers import Tokenizer
 
-    from mixer.tokenizer import load_tokenizer
+    from mixer.ingest.encoders import load_tokenizer
 
     info = load_tokenizer(str(TOKENIZER))
     assert (info.vocab_size, info.eos_token, info.eos_id) == (8192, "<|endoftext|>", 0)

@@ -1,4 +1,4 @@
-"""Tests for mixer.sources: inputs, task planning, streaming reads and their errors."""
+"""Tests for mixer.ingest: inputs, task planning, streaming reads and their errors."""
 
 from __future__ import annotations
 
@@ -18,23 +18,12 @@ import zstandard
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mixer import sources
 from mixer.errors import InputError, MixerError
-from mixer.sources import (
-    FORMATS,
-    MISSING,
-    InputFile,
-    ReadOptions,
-    ReadStats,
-    RowFilter,
-    Task,
-    detect_format,
-    expand_inputs,
-    get_field,
-    parse_where,
-    plan_tasks,
-    read_documents,
-)
+from mixer.ingest import files, readers
+from mixer.ingest.files import FORMATS, detect_format
+from mixer.ingest.inputs import InputFile, Task, expand_inputs, plan_tasks
+from mixer.ingest.readers import ReadOptions, ReadStats, read_documents
+from mixer.ingest.where import MISSING, RowFilter, get_field, parse_where
 
 DOCS = [
     "The quick brown fox.",
@@ -799,7 +788,7 @@ def test_plans_do_not_depend_on_anything_but_files_and_chunk(tmp_path):
 
 
 def test_module_exports():
-    assert sources.FORMATS == (
+    assert files.FORMATS == (
         "jsonl",
         "jsonl.gz",
         "jsonl.zst",
@@ -866,8 +855,8 @@ def test_fast_json_path_reads_every_line_as_the_standard_library_does(value, cut
     want = _stdlib_record(line)
     for fast in (False, True):
         try:
-            got = sources._parse_json(line, fast)
-        except sources._BadRecord as bad:
+            got = readers._parse_json(line, fast)
+        except readers._BadRecord as bad:
             got = bad.reason
         if fast and _orjson_reads(line):  # its one difference: integers beyond 64 bits -> float
             want = _big_ints_as_floats(want)

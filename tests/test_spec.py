@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from mixer.errors import SpecError
-from mixer.spec import BASE_PHASE, MixSpec, PhaseSpec, SourceSpec
+from mixer.mix.spec import BASE_PHASE, MixSpec, PhaseSpec, SourceSpec
 
 ISSUE_EXAMPLE = """
 seq_len = 2048

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from mixer.errors import StoreError
-from mixer.store import MANIFEST, TokenStore, write_store
+from mixer.store.format import MANIFEST
+from mixer.store.reader import TokenStore
+from mixer.store.writer import write_store
 
 
 def independent_idx_reader(path):
@@ -125,7 +127,7 @@ def test_missing_or_garbled_manifest_is_a_clear_error(tmp_path):
 
 
 def test_idx_with_bad_header_is_rejected(tmp_path, docs):
-    from mixer.store import read_index
+    from mixer.store.format import read_index
 
     write_store(tmp_path, docs, vocab_size=1000)
     idx = TokenStore.open(tmp_path).shards[0].idx_path

@@ -5,12 +5,12 @@ import pytest
 from test_sampler import make_store, spec_for
 
 from mixer.errors import MixerError
-from mixer.sampler import MixSampler
+from mixer.mix.sampler import MixSampler
 
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
-from mixer.torch import MixedDataLoader, MixedDataset, MixedIterableDataset  # noqa: E402
+from mixer.mix.torch import MixedDataLoader, MixedDataset, MixedIterableDataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

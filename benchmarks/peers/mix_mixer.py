@@ -15,9 +15,9 @@ from mix_common import emit_run, memory_after_read_mb, peak_rss_mb, read_config,
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_sampler import copy_blocks  # noqa: E402
 
-from mixer.loader import BatchIterator  # noqa: E402
-from mixer.sampler import MixSampler  # noqa: E402
-from mixer.spec import MixSpec  # noqa: E402
+from mixer.mix.loader import BatchIterator  # noqa: E402
+from mixer.mix.sampler import MixSampler  # noqa: E402
+from mixer.mix.spec import MixSpec  # noqa: E402
 
 
 def slice_copy_rates(sampler: MixSampler, count: int) -> dict:

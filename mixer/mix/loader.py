@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mixer.errors import MixerError
-from mixer.sampler import MixSampler
+from mixer.mix.sampler import MixSampler
 
 
 class BatchIterator:

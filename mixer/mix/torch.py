@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from mixer.errors import MixerError
-from mixer.loader import BatchIterator
-from mixer.sampler import Blocks, MixSampler
+from mixer.mix.loader import BatchIterator
+from mixer.mix.sampler import Blocks, MixSampler
 
 
 def _tensors(tokens: np.ndarray, source: np.ndarray, positions: np.ndarray | None) -> dict:

@@ -28,7 +28,7 @@ Phase boundaries fall at block `floor(cumulative_tokens / seq_len)`, so phases t
 exactly even when their token counts are not multiples of `seq_len`.
 
 Checks that need the stores (tokenizer mismatch, a store too small for one block, max_repeats)
-happen when `mixer.sampler.MixSampler` opens them.
+happen when `mixer.mix.sampler.MixSampler` opens them.
 """
 
 from __future__ import annotations

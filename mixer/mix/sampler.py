@@ -11,7 +11,7 @@ How index i maps to a block, in O(1) time and with no per-block state:
    of s in this period): the j-th block the run draws from s, counted across phases.
 4. Block: epoch e, k = divmod(j, n_s) with n_s = (num_tokens - 1) // seq_len, and the block is
    position k of a keyed permutation of [0, n_s) specific to (seed, source, e)
-   (`mixer.permutation`): every block once per epoch, each epoch in a fresh order.
+   (`mixer.mix.permutation`): every block once per epoch, each epoch in a fresh order.
 
 Block k of a source is tokens [k * seq_len, k * seq_len + seq_len + 1) of its concatenated
 stream, so a trainer takes x = b[:-1], y = b[1:].
@@ -32,9 +32,9 @@ from typing import NamedTuple
 import numpy as np
 
 from mixer.errors import MixerError, SpecError
-from mixer.permutation import epoch_keys, permute, permute_one
-from mixer.spec import WEIGHT_TOLERANCE, MixSpec, Phase
-from mixer.store import TokenStore
+from mixer.mix.permutation import epoch_keys, permute, permute_one
+from mixer.mix.spec import WEIGHT_TOLERANCE, MixSpec, Phase
+from mixer.store.reader import TokenStore
 
 MAX_PERIOD = 1 << 20
 READ_CHUNK_ROWS = 1024  # blocks located per vectorized call when reading batches

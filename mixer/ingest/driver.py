@@ -1,6 +1,7 @@
 """`mixer tokenize`: corpus files -> Ray tasks -> a token store, resumable and deterministic.
 
-Each task (a file, a byte range of one, or a run of parquet row groups; see `sources.plan_tasks`)
+Each task (a file, a byte range of one, or a run of parquet row groups; see
+`mixer.ingest.inputs.plan_tasks`)
 becomes exactly one shard named after its position in the plan, so the store's bytes depend on
 the inputs and the tokenizer, never on how many workers ran or in which order they finished.
 
@@ -17,7 +18,6 @@ uploads `manifest.json` last. Nothing needs a filesystem shared between nodes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,136 +25,31 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixer import remote, sources
-from mixer.backends import fast_available, make_encoder, verify_backend
 from mixer.errors import MixerError
-from mixer.store import (
-    MANIFEST,
-    ShardWriter,
-    build_manifest,
-    dtype_for_vocab,
-    json_bytes,
-    read_manifest,
-    write_json_atomic,
+from mixer.ingest import inputs, readers, where
+from mixer.ingest.encoders import (
+    TokenizerInfo,
+    fast_available,
+    load_tokenizer,
+    verify_backend,
 )
-from mixer.tokenizer import TokenizerInfo, load_tokenizer
+from mixer.ingest.executors import run_in_process, run_on_ray, use_ray
+from mixer.ingest.files import FORMATS
+from mixer.ingest.job import BACKENDS, TokenizeJob
+from mixer.ingest.progress import Progress
+from mixer.ingest.task import PARTIAL_DIR, TaskSpec, task_key
+from mixer.store import cache, remote
+from mixer.store.format import MANIFEST, dtype_for_vocab, json_bytes, write_json_atomic
+from mixer.store.reader import read_manifest
+from mixer.store.writer import build_manifest
 
-PARTIAL_DIR = ".mixer-partial"
-BATCH_DOCUMENTS = 512
-BATCH_CHARS = 4 << 20
-BACKENDS = ("auto", "hf", "fast")
-# For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
-# the pipeline's text bytes per second on one core (bench_tokenize_peers.py), used with
-# `text_bytes`, whose 4x for compressed inputs is about what zstd achieves on web text.
-RAY_START_S = 7.0
-CORE_BYTES_PER_S = {"fast": 80e6, "hf": 3e6}
 VERIFY_DOCUMENTS_PER_FILE = 32
+
+
 VERIFY_FILES = 64
-
-
-@dataclass(frozen=True)
-class TokenizeJob:
-    """Everything `mixer tokenize` was asked to do; the CLI and the API both build one."""
-
-    inputs: tuple[str, ...]
-    tokenizer: str
-    out: str
-    format: str | None = None
-    text_field: str = "text"
-    txt_mode: str = "document"
-    on_error: str = "fail"
-    where: tuple[str, ...] = ()
-    eos_token: str | None = None
-    no_eos: bool = False
-    workers: int | None = None
-    ray_address: str | None = None
-    chunk_bytes: int = 32 << 20
-    backend: str = "auto"
-    storage_options: dict = field(default_factory=dict, hash=False)
-    cache_dir: str | None = None  # staging for a URL --out (default: mixer.remote's cache)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What one worker needs to write one shard; small, so it ships cheaply to Ray."""
-
-    task: sources.Task
-    name: str
-    key: str
-    options: sources.ReadOptions
-    out: str  # the store directory; for a URL --out, the cache dir for node-local staging
-    backend: str
-    url: str | None = None  # a URL --out, where the worker uploads the finished shard
-
-
-def task_key(task: sources.Task, options: dict, tokenizer: TokenizerInfo, backend: str) -> str:
-    """Fingerprint of everything that determines a shard's bytes: reuse only on a match."""
-    material = {
-        "task": task.describe(),
-        "backend": backend,
-        "size": task.size,
-        "options": options,
-        "tokenizer": tokenizer.sha256,
-        "eos": tokenizer.eos_id,
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-
-
-def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
-    """Tokenize one task into one shard and record it as done; returns its manifest entry."""
-    out = Path(spec.out)
-    if spec.url is not None:  # staging on whichever node runs this task
-        out = remote.staging_dir(spec.url, spec.out or None)
-        out.mkdir(parents=True, exist_ok=True)
-    encoder = make_encoder(info, spec.backend)
-    stats = sources.ReadStats()
-    writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
-    try:
-        batch: list[str] = []
-        chars = 0
-        for text in sources.read_documents(spec.task, spec.options, stats):
-            batch.append(text)
-            chars += len(text)
-            if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
-                writer.add_documents(*encoder.encode_batch(batch))
-                batch, chars = [], 0
-        if batch:
-            writer.add_documents(*encoder.encode_batch(batch))
-        entry = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    entry.update(
-        input=spec.task.describe(),
-        backend=encoder.name,
-        skipped=dict(sorted(stats.skipped.items())),
-        filtered=stats.filtered,
-    )
-    record = {"key": spec.key, "entry": entry}
-    if spec.url is None:
-        write_json_atomic(out / PARTIAL_DIR / f"{spec.name}.json", record)
-    else:
-        upload_shard(out, spec, record)
-    return entry
-
-
-def upload_shard(staging: Path, spec: TaskSpec, record: dict) -> None:
-    """Upload a finished shard, then its done record, then drop the node-local copy."""
-    entry = record["entry"]
-    storage_options = spec.options.storage_options
-    names = [entry["bin"], entry["idx"]]
-    remote.upload_files(staging, names, spec.url, storage_options)
-    remote.put_bytes(
-        f"{spec.url}/{PARTIAL_DIR}/{spec.name}.json",
-        json_bytes(record),
-        storage_options,
-    )
-    for name in names:
-        (staging / name).unlink(missing_ok=True)
 
 
 def finished_entries(out: Path, specs: list[TaskSpec]) -> dict[str, dict[str, Any]]:
@@ -245,23 +140,23 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
             raise MixerError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
     if job.backend not in BACKENDS:
         raise MixerError(f"--backend {job.backend!r} is not one of {', '.join(BACKENDS)}")
-    if job.format is not None and job.format not in sources.FORMATS:
-        raise MixerError(f"--format {job.format!r} is not one of {', '.join(sources.FORMATS)}")
+    if job.format is not None and job.format not in FORMATS:
+        raise MixerError(f"--format {job.format!r} is not one of {', '.join(FORMATS)}")
     # A URL --out: workers upload their shards as they finish, the driver the manifest last.
     url = job.out.rstrip("/") if remote.is_remote(job.out) else None
     if url is not None:
-        out = remote.staging_dir(url, job.cache_dir)
+        out = cache.staging_dir(url, job.cache_dir)
     else:
         out = Path(job.out.removeprefix("file://"))
-    options = sources.ReadOptions(
+    options = readers.ReadOptions(
         text_field=job.text_field,
         txt_mode=job.txt_mode,
         on_error=job.on_error,
-        where=tuple(sources.parse_where(w) for w in job.where),
+        where=tuple(where.parse_where(w) for w in job.where),
         storage_options=job.storage_options,
     )
-    files = sources.expand_inputs(list(job.inputs), job.format, job.storage_options)
-    tasks = sources.plan_tasks(files, job.chunk_bytes, options)
+    files = inputs.expand_inputs(list(job.inputs), job.format, job.storage_options)
+    tasks = inputs.plan_tasks(files, job.chunk_bytes, options)
     job_options = {
         "text_field": job.text_field,
         "txt_mode": job.txt_mode,
@@ -361,9 +256,9 @@ def check_visible(out: Path, entry: dict, node: str) -> None:
         )
 
 
-def verification_sample(tasks: list[sources.Task], options: sources.ReadOptions):
+def verification_sample(tasks: list[inputs.Task], options: readers.ReadOptions):
     """The first documents of every input file (up to VERIFY_FILES files), labelled file:n."""
-    options = sources.ReadOptions(
+    options = readers.ReadOptions(
         text_field=options.text_field,
         txt_mode=options.txt_mode,
         on_error="skip",
@@ -373,7 +268,7 @@ def verification_sample(tasks: list[sources.Task], options: sources.ReadOptions)
     firsts = {t.url: t for t in reversed(tasks)}  # the first task of each file
     sample = []
     for task in list(reversed(firsts.values()))[:VERIFY_FILES]:
-        documents = sources.read_documents(task, options, sources.ReadStats())
+        documents = readers.read_documents(task, options, readers.ReadStats())
         for n, text in enumerate(documents):
             if n == VERIFY_DOCUMENTS_PER_FILE:
                 break
@@ -382,7 +277,7 @@ def verification_sample(tasks: list[sources.Task], options: sources.ReadOptions)
 
 
 def resolve_backend(
-    requested: str, info: TokenizerInfo, tasks: list[sources.Task], options: sources.ReadOptions
+    requested: str, info: TokenizerInfo, tasks: list[inputs.Task], options: readers.ReadOptions
 ) -> str:
     """'hf', or 'fast' only once it matched hf id for id on this tokenizer and this input."""
     if requested == "hf" or (requested == "auto" and fast_available() is None):
@@ -394,39 +289,6 @@ def resolve_backend(
         raise MixerError(f"--backend fast refused: {mismatch}; use --backend hf or auto")
     print(f"mixer tokenize: warning: using the hf backend: {mismatch}", file=sys.stderr)
     return "hf"
-
-
-def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
-    """Whether to run on Ray: always with --ray-address or an explicit --workers N > 1.
-
-    By default (all CPUs of this machine) only when the work is large enough to repay a local
-    Ray's start-up, shutdown and worker imports, about 7 s: with the fast engine 500 MB took 7.0 s
-    in this process and 12.5 s on two Ray workers (BENCHMARKS.md, "Scaling").
-    """
-    if job.workers == 0:
-        return False
-    if job.ray_address:
-        return True
-    if job.workers is not None:
-        return job.workers > 1
-    workers = min(os.cpu_count() or 1, len(pending))
-    if workers <= 1:
-        return False
-    weights = [text_bytes(s.task) for s in pending]
-    one_process_s = sum(weights) / CORE_BYTES_PER_S[backend]
-    ray_s = RAY_START_S + max(sum(weights) / workers, max(weights)) / CORE_BYTES_PER_S[backend]
-    return ray_s < one_process_s
-
-
-def text_bytes(task: sources.Task) -> int:
-    """Estimated text in a task: compressed inputs (.gz, .zst, parquet) count 4x their size."""
-    return task.weight * (1 if task.format in ("jsonl", "txt") else 4)
-
-
-def dispatch_order(pending: list[TaskSpec]) -> list[TaskSpec]:
-    """Largest task first, ties in input order: a big file started last would run alone at the
-    end. The store does not depend on this order (shards are named and listed by input order)."""
-    return sorted(pending, key=lambda s: -text_bytes(s.task))
 
 
 def summary_line(manifest: dict, reused: int, seconds: float, nodes: set[str] = frozenset()) -> str:
@@ -441,108 +303,3 @@ def summary_line(manifest: dict, reused: int, seconds: float, nodes: set[str] = 
         parts.append(f"{manifest['filtered']:,} filtered out by --where")
     where = f" on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}" if nodes else ""
     return "mixer tokenize: " + ", ".join(parts) + f" in {seconds:.1f}s{where}"
-
-
-# ---------------------------------------------------------------------------- executors
-
-
-def run_in_process(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
-    """Sequential, no Ray: small jobs (see `use_ray`), --workers 0/1, memory:// inputs."""
-    for spec in pending:
-        yield spec, run_task(spec, info), None
-
-
-def run_task_on_node(spec: TaskSpec, info: TokenizerInfo) -> tuple[dict[str, Any], str]:
-    """`run_task` in a Ray worker, also returning the id of the node that ran it."""
-    import ray
-
-    return run_task(spec, info), ray.get_runtime_context().get_node_id()
-
-
-def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
-    """Run tasks on Ray, at most `workers` in flight, yielding each as it finishes."""
-    if not job.ray_address:
-        # A one-machine Ray then binds to 127.0.0.1 instead of the machine's network address
-        # (read by Ray at import, so it must be set before the first `import ray`).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if any(s.task.url.startswith("memory://") for s in pending):
-        raise MixerError("memory:// inputs live in one process; use --workers 0 to run in-process")
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False}
-        if job.ray_address:
-            kwargs["address"] = job.ray_address
-        else:
-            # "local" starts a fresh instance; a bare ray.init() would silently join any
-            # cluster `ray start` left running on this machine, with other resources.
-            kwargs["address"] = "local"
-            kwargs["num_cpus"] = job.workers or os.cpu_count()
-        ray.init(**kwargs)
-    workers = job.workers or int(ray.cluster_resources().get("CPU", 1))
-    # A task whose worker dies (OOM kill, lost node) is rerun from scratch by Ray: the shard is
-    # only renamed into place when complete, so a retry can neither duplicate nor lose documents.
-    remote = ray.remote(num_cpus=1, max_retries=3)(run_task_on_node)
-    info_ref = ray.put(info)
-    queue = list(reversed(dispatch_order(pending)))
-    in_flight: dict[Any, TaskSpec] = {}
-    try:
-        while queue or in_flight:
-            while queue and len(in_flight) < workers:
-                spec = queue.pop()
-                in_flight[remote.remote(spec, info_ref)] = spec
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            spec = in_flight.pop(done[0])
-            try:
-                entry, node = ray.get(done[0])
-                yield spec, entry, node
-            except ray.exceptions.RayTaskError as e:
-                if isinstance(e.cause, MixerError):
-                    raise e.cause from None
-                raise
-    finally:
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
-
-
-# ---------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """tqdm over input bytes with documents/tokens in the postfix; silent when not a TTY."""
-
-    def __init__(self, total_bytes: int, total_shards: int, enabled: bool | None):
-        from tqdm import tqdm
-
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self.documents = self.tokens = self.shards = 0
-        self.total_shards = total_shards
-        self.bar = tqdm(
-            total=total_bytes,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc="tokenize",
-            disable=not enabled,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-
-    def reused(self, nbytes: int, shards: int) -> None:
-        self.shards += shards
-        self.bar.update(nbytes)
-
-    def update(self, nbytes: int, entry: dict) -> None:
-        self.shards += 1
-        self.documents += entry["documents"]
-        self.tokens += entry["tokens"]
-        self.bar.set_postfix_str(
-            f"tasks {self.shards}/{self.total_shards} docs {self.documents:,} "
-            f"tokens {self.tokens:,}",
-            refresh=False,
-        )
-        self.bar.update(nbytes)
-
-    def close(self) -> None:
-        self.bar.close()

@@ -1,0 +1,114 @@
+"""Where tasks run: in this process, or as Ray tasks on a local or remote cluster."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mixer.errors import MixerError
+from mixer.ingest import inputs
+from mixer.ingest.encoders import (
+    TokenizerInfo,
+)
+from mixer.ingest.job import TokenizeJob
+from mixer.ingest.task import TaskSpec, run_task
+
+# For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
+# the pipeline's text bytes per second on one core (bench_tokenize_peers.py), used with
+# `text_bytes`, whose 4x for compressed inputs is about what zstd achieves on web text.
+RAY_START_S = 7.0
+
+
+CORE_BYTES_PER_S = {"fast": 80e6, "hf": 3e6}
+
+
+def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
+    """Whether to run on Ray: always with --ray-address or an explicit --workers N > 1.
+
+    By default (all CPUs of this machine) only when the work is large enough to repay a local
+    Ray's start-up, shutdown and worker imports, about 7 s: with the fast engine 500 MB took 7.0 s
+    in this process and 12.5 s on two Ray workers (BENCHMARKS.md, "Scaling").
+    """
+    if job.workers == 0:
+        return False
+    if job.ray_address:
+        return True
+    if job.workers is not None:
+        return job.workers > 1
+    workers = min(os.cpu_count() or 1, len(pending))
+    if workers <= 1:
+        return False
+    weights = [text_bytes(s.task) for s in pending]
+    one_process_s = sum(weights) / CORE_BYTES_PER_S[backend]
+    ray_s = RAY_START_S + max(sum(weights) / workers, max(weights)) / CORE_BYTES_PER_S[backend]
+    return ray_s < one_process_s
+
+
+def text_bytes(task: inputs.Task) -> int:
+    """Estimated text in a task: compressed inputs (.gz, .zst, parquet) count 4x their size."""
+    return task.weight * (1 if task.format in ("jsonl", "txt") else 4)
+
+
+def dispatch_order(pending: list[TaskSpec]) -> list[TaskSpec]:
+    """Largest task first, ties in input order: a big file started last would run alone at the
+    end. The store does not depend on this order (shards are named and listed by input order)."""
+    return sorted(pending, key=lambda s: -text_bytes(s.task))
+
+
+def run_in_process(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
+    """Sequential, no Ray: small jobs (see `use_ray`), --workers 0/1, memory:// inputs."""
+    for spec in pending:
+        yield spec, run_task(spec, info), None
+
+
+def run_task_on_node(spec: TaskSpec, info: TokenizerInfo) -> tuple[dict[str, Any], str]:
+    """`run_task` in a Ray worker, also returning the id of the node that ran it."""
+    import ray
+
+    return run_task(spec, info), ray.get_runtime_context().get_node_id()
+
+
+def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
+    """Run tasks on Ray, at most `workers` in flight, yielding each as it finishes."""
+    if not job.ray_address:
+        # A one-machine Ray then binds to 127.0.0.1 instead of the machine's network address
+        # (read by Ray at import, so it must be set before the first `import ray`).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if any(s.task.url.startswith("memory://") for s in pending):
+        raise MixerError("memory:// inputs live in one process; use --workers 0 to run in-process")
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False}
+        if job.ray_address:
+            kwargs["address"] = job.ray_address
+        else:
+            # "local" starts a fresh instance; a bare ray.init() would silently join any
+            # cluster `ray start` left running on this machine, with other resources.
+            kwargs["address"] = "local"
+            kwargs["num_cpus"] = job.workers or os.cpu_count()
+        ray.init(**kwargs)
+    workers = job.workers or int(ray.cluster_resources().get("CPU", 1))
+    # A task whose worker dies (OOM kill, lost node) is rerun from scratch by Ray: the shard is
+    # only renamed into place when complete, so a retry can neither duplicate nor lose documents.
+    remote = ray.remote(num_cpus=1, max_retries=3)(run_task_on_node)
+    info_ref = ray.put(info)
+    queue = list(reversed(dispatch_order(pending)))
+    in_flight: dict[Any, TaskSpec] = {}
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < workers:
+                spec = queue.pop()
+                in_flight[remote.remote(spec, info_ref)] = spec
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            spec = in_flight.pop(done[0])
+            try:
+                entry, node = ray.get(done[0])
+                yield spec, entry, node
+            except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, MixerError):
+                    raise e.cause from None
+                raise
+    finally:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)

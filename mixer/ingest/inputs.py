@@ -1,0 +1,228 @@
+"""Find input files and cut them into tasks: a file, a byte range of one, or parquet row groups.
+
+Plans depend only on the files and `chunk_bytes`, never on the number of workers, so a store's
+shards are reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from mixer.errors import MixerError
+from mixer.ingest.files import FORMATS, arrow_errors, check_text_column, detect_format, open_input
+from mixer.ingest.readers import ReadOptions
+
+_STORE_NAMES = ("manifest.json",)
+
+
+_STORE_SUFFIXES = (".bin", ".idx")
+
+
+_FOOTER_THREADS = 16
+
+
+# Inputs and tasks
+@dataclass(frozen=True)
+class InputFile:
+    """One corpus file; local files keep a plain absolute path, others a full URL."""
+
+    url: str
+    size: int
+    format: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work, which becomes one output shard."""
+
+    url: str
+    format: str
+    size: int
+    byte_range: tuple[int, int] | None = None
+    row_groups: tuple[int, int] | None = None
+    est_bytes: int | None = field(default=None, compare=False, repr=False)
+    """Bytes the task reads when neither `size` nor `byte_range` says (parquet row groups)."""
+
+    def describe(self) -> dict:
+        """JSON-able identity of the task, for the manifest and resume keys."""
+        out: dict[str, Any] = {"url": self.url, "format": self.format}
+        if self.byte_range is not None:
+            out["byte_range"] = list(self.byte_range)
+        if self.row_groups is not None:
+            out["row_groups"] = list(self.row_groups)
+        return out
+
+    @property
+    def weight(self) -> int:
+        """Approximate bytes read, so progress bars move by data rather than by task."""
+        if self.byte_range is not None:
+            return self.byte_range[1] - self.byte_range[0]
+        if self.est_bytes is not None:
+            return self.est_bytes
+        return self.size
+
+
+def _known(url: str) -> bool:
+    try:
+        detect_format(url)
+    except MixerError:
+        return False
+    return True
+
+
+def _selected(rel: str, format: str | None) -> bool:
+    """Whether a file found under a directory or by a glob is corpus, not a store or dotfile."""
+    parts = rel.split("/")
+    name = parts[-1]
+    if any(p.startswith(".") for p in parts if p):
+        return False
+    if name in _STORE_NAMES or name.endswith(_STORE_SUFFIXES):
+        return False
+    return format is not None or _known(name)
+
+
+def expand_inputs(
+    inputs: list[str], format: str | None = None, storage_options: dict | None = None
+) -> list[InputFile]:
+    """Files, directories and globs (local or fsspec URLs) -> the corpus files, in a fixed order.
+
+    A file named explicitly is always read. Directories (recursively) and globs take only files
+    with a known extension (any file when `format` is given), skipping dotfiles and token-store
+    files, so that pointing at a data folder does not pick up a README or a store.
+    """
+    if format is not None and format not in FORMATS:
+        raise MixerError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+    seen: set[str] = set()
+    files: list[InputFile] = []
+    for spec in inputs:
+        try:
+            found = _expand_one(spec, format, storage_options or {})
+        except (FileNotFoundError, PermissionError) as e:
+            raise MixerError(f"cannot list input {spec!r}: {e}") from None
+        for url, size in sorted(found):
+            if url not in seen:
+                seen.add(url)
+                files.append(InputFile(url, size, format or detect_format(url)))
+    return files
+
+
+def _expand_one(spec: str, format: str | None, storage_options: dict) -> list[tuple[str, int]]:
+    fs, path = fsspec.core.url_to_fs(spec, **storage_options)
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        path = os.path.abspath(path)
+
+    def url_of(p: str) -> str:
+        return os.path.abspath(p) if local else fs.unstrip_protocol(p)
+
+    if any(c in path for c in "*?["):
+        entries = fs.glob(path, detail=True)
+        candidates: list[tuple[str, str, int]] = []
+        for p, info in entries.items():
+            if info["type"] == "directory":
+                candidates += _walk(fs, p)
+            else:
+                candidates.append((p, p.rsplit("/", 1)[-1], info.get("size") or 0))
+    elif fs.isdir(path):
+        candidates = _walk(fs, path)
+    elif fs.isfile(path):
+        return [(url_of(path), fs.size(path) or 0)]
+    else:
+        raise MixerError(f"no input files match {spec!r}: it does not exist")
+    chosen = [(url_of(p), size) for p, rel, size in candidates if _selected(rel, format)]
+    if not chosen:
+        unknown = [rel for _, rel, _ in candidates if _selected(rel, "any")]
+        hint = ""
+        if unknown:
+            hint = f" (only files of unknown format, e.g. {unknown[0]!r}; use --format)"
+        raise MixerError(f"no input files match {spec!r}{hint}")
+    return chosen
+
+
+def _walk(fs: Any, root: str) -> list[tuple[str, str, int]]:
+    """(path, path relative to root, size) of every file under a directory."""
+    root = root.rstrip("/")
+    found = fs.find(root, detail=True)
+    return [
+        (p, p[len(root) :].lstrip("/"), info.get("size") or 0)
+        for p, info in found.items()
+        if info["type"] != "directory"
+    ]
+
+
+def plan_tasks(
+    files: list[InputFile], chunk_bytes: int = 64 << 20, options: ReadOptions | None = None
+) -> list[Task]:
+    """Split files into tasks of about `chunk_bytes` each, in a fixed order.
+
+    Uncompressed line files are split into byte ranges, parquet into runs of row groups (by
+    uncompressed size, read from the footer); compressed files and whole-file text documents
+    cannot be split and are one task each.
+    """
+    if chunk_bytes <= 0:
+        raise MixerError(f"chunk size must be positive, not {chunk_bytes}")
+    options = options or ReadOptions()
+    if options.where:
+        txt = [f.url for f in files if f.format.startswith("txt")]
+        if txt:
+            raise MixerError(f"--where needs records with fields; {txt[0]} is plain text")
+    parquet = [f for f in files if f.format == "parquet"]
+    with ThreadPoolExecutor(min(_FOOTER_THREADS, max(1, len(parquet)))) as pool:
+        groups = list(pool.map(lambda f: _parquet_groups(f, options), parquet))
+    footers = {f.url: g for f, g in zip(parquet, groups, strict=True)}
+    tasks: list[Task] = []
+    for f in files:
+        splittable = f.format == "jsonl" or (f.format == "txt" and options.txt_mode == "line")
+        if f.format == "parquet":
+            tasks += _split_row_groups(f, footers[f.url], chunk_bytes)
+        elif splittable and f.size > chunk_bytes:
+            n = -(-f.size // chunk_bytes)
+            bounds = [f.size * i // n for i in range(n + 1)]
+            tasks += [
+                Task(f.url, f.format, f.size, byte_range=(a, b))
+                for a, b in zip(bounds, bounds[1:], strict=False)
+            ]
+        else:
+            tasks.append(Task(f.url, f.format, f.size))
+    return tasks
+
+
+def _parquet_groups(f: InputFile, options: ReadOptions) -> list[tuple[int, int]]:
+    """(uncompressed, compressed) bytes of each row group; checks the text column exists."""
+    import pyarrow.parquet as pq
+
+    with open_input(f.url, options.storage_options) as raw, arrow_errors(f.url):
+        pf = pq.ParquetFile(raw)
+        check_text_column(f.url, pf, options.text_field)
+        md = pf.metadata
+        return [
+            (
+                md.row_group(i).total_byte_size,
+                sum(md.row_group(i).column(c).total_compressed_size for c in range(md.num_columns)),
+            )
+            for i in range(md.num_row_groups)
+        ]
+
+
+def _split_row_groups(f: InputFile, groups: list[tuple[int, int]], chunk: int) -> list[Task]:
+    runs: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, (uncompressed, _) in enumerate(groups):
+        total += uncompressed
+        if total >= chunk:
+            runs.append((start, i + 1))
+            start, total = i + 1, 0
+    if start < len(groups):
+        runs.append((start, len(groups)))
+    if len(runs) <= 1:
+        return [Task(f.url, f.format, f.size, est_bytes=sum(c for _, c in groups))]
+    return [
+        Task(f.url, f.format, f.size, row_groups=(a, b), est_bytes=sum(c for _, c in groups[a:b]))
+        for a, b in runs
+    ]

@@ -1,0 +1,29 @@
+"""What `mixer tokenize` is asked to do: a `TokenizeJob`, one for the CLI, recipes and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BACKENDS = ("auto", "hf", "fast")
+
+
+@dataclass(frozen=True)
+class TokenizeJob:
+    """Everything `mixer tokenize` was asked to do; the CLI and the API both build one."""
+
+    inputs: tuple[str, ...]
+    tokenizer: str
+    out: str
+    format: str | None = None
+    text_field: str = "text"
+    txt_mode: str = "document"
+    on_error: str = "fail"
+    where: tuple[str, ...] = ()
+    eos_token: str | None = None
+    no_eos: bool = False
+    workers: int | None = None
+    ray_address: str | None = None
+    chunk_bytes: int = 32 << 20
+    backend: str = "auto"
+    storage_options: dict = field(default_factory=dict, hash=False)
+    cache_dir: str | None = None  # staging for a URL --out (default: mixer.store.cache's)

@@ -1,0 +1,103 @@
+"""One task -> one shard: what a worker (in this process or a Ray task) runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mixer.ingest import inputs, readers
+from mixer.ingest.encoders import (
+    TokenizerInfo,
+    make_encoder,
+)
+from mixer.store import cache, remote
+from mixer.store.format import dtype_for_vocab, json_bytes, write_json_atomic
+from mixer.store.writer import ShardWriter
+
+PARTIAL_DIR = ".mixer-partial"  # done records of finished tasks, until the manifest is written
+BATCH_DOCUMENTS = 512
+
+
+BATCH_CHARS = 4 << 20
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one worker needs to write one shard; small, so it ships cheaply to Ray."""
+
+    task: inputs.Task
+    name: str
+    key: str
+    options: readers.ReadOptions
+    out: str  # the store directory; for a URL --out, the cache dir for node-local staging
+    backend: str
+    url: str | None = None  # a URL --out, where the worker uploads the finished shard
+
+
+def task_key(task: inputs.Task, options: dict, tokenizer: TokenizerInfo, backend: str) -> str:
+    """Fingerprint of everything that determines a shard's bytes: reuse only on a match."""
+    material = {
+        "task": task.describe(),
+        "backend": backend,
+        "size": task.size,
+        "options": options,
+        "tokenizer": tokenizer.sha256,
+        "eos": tokenizer.eos_id,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
+    """Tokenize one task into one shard and record it as done; returns its manifest entry."""
+    out = Path(spec.out)
+    if spec.url is not None:  # staging on whichever node runs this task
+        out = cache.staging_dir(spec.url, spec.out or None)
+        out.mkdir(parents=True, exist_ok=True)
+    encoder = make_encoder(info, spec.backend)
+    stats = readers.ReadStats()
+    writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
+    try:
+        batch: list[str] = []
+        chars = 0
+        for text in readers.read_documents(spec.task, spec.options, stats):
+            batch.append(text)
+            chars += len(text)
+            if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
+                writer.add_documents(*encoder.encode_batch(batch))
+                batch, chars = [], 0
+        if batch:
+            writer.add_documents(*encoder.encode_batch(batch))
+        entry = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    entry.update(
+        input=spec.task.describe(),
+        backend=encoder.name,
+        skipped=dict(sorted(stats.skipped.items())),
+        filtered=stats.filtered,
+    )
+    record = {"key": spec.key, "entry": entry}
+    if spec.url is None:
+        write_json_atomic(out / PARTIAL_DIR / f"{spec.name}.json", record)
+    else:
+        upload_shard(out, spec, record)
+    return entry
+
+
+def upload_shard(staging: Path, spec: TaskSpec, record: dict) -> None:
+    """Upload a finished shard, then its done record, then drop the node-local copy."""
+    entry = record["entry"]
+    storage_options = spec.options.storage_options
+    names = [entry["bin"], entry["idx"]]
+    remote.upload_files(staging, names, spec.url, storage_options)
+    remote.put_bytes(
+        f"{spec.url}/{PARTIAL_DIR}/{spec.name}.json",
+        json_bytes(record),
+        storage_options,
+    )
+    for name in names:
+        (staging / name).unlink(missing_ok=True)

@@ -1,0 +1,133 @@
+"""Write shards and stores: temporary names, then an atomic rename."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixer.errors import StoreError
+from mixer.store.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    dtype_for_vocab,
+    encode_index,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+
+class ShardWriter:
+    """Streams documents into NAME.bin/NAME.idx under temporary names; `close` publishes them.
+
+    Until `close` returns, nothing under the final names exists, so a crash leaves only hidden
+    temporaries that a rerun overwrites.
+    """
+
+    def __init__(self, root: str | os.PathLike, name: str, dtype: np.dtype):
+        self.root = Path(root)
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self._bin_tmp = self.root / f".{name}.bin.tmp-{os.getpid()}"
+        self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._digest = hashlib.sha256()
+        self._lengths: list[np.ndarray] = []
+        self.num_tokens = 0
+        self.num_documents = 0
+
+    def add_documents(self, lengths: np.ndarray, tokens: np.ndarray) -> None:
+        """Append documents given as their lengths and their concatenated token ids."""
+        tokens = np.asarray(tokens)
+        if len(tokens) and (tokens.min() < 0 or tokens.max() > np.iinfo(self.dtype).max):
+            # A cast would wrap silently and corrupt the store; refuse instead.
+            raise StoreError(
+                f"{self.name}: token id {int(tokens.max())} does not fit {self.dtype.name} "
+                "(tokenizer vocab_size smaller than its ids?)"
+            )
+        data = np.ascontiguousarray(tokens, dtype=self.dtype.newbyteorder("<")).tobytes()
+        self._file.write(data)
+        self._digest.update(data)
+        self._lengths.append(np.asarray(lengths, dtype=np.int32))
+        self.num_tokens += len(tokens)
+        self.num_documents += len(lengths)
+
+    def close(self) -> dict[str, Any]:
+        """Publish the shard and return its manifest entry (names, counts, sizes, checksums)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
+        idx_bytes = encode_index(lengths, self.dtype)
+        bin_name, idx_name = f"{self.name}.bin", f"{self.name}.idx"
+        write_bytes_atomic(self.root / idx_name, idx_bytes)
+        os.replace(self._bin_tmp, self.root / bin_name)
+        return {
+            "name": self.name,
+            "bin": bin_name,
+            "idx": idx_name,
+            "documents": self.num_documents,
+            "tokens": self.num_tokens,
+            "bin_bytes": self.num_tokens * self.dtype.itemsize,
+            "idx_bytes": len(idx_bytes),
+            "bin_sha256": self._digest.hexdigest(),
+            "idx_sha256": hashlib.sha256(idx_bytes).hexdigest(),
+        }
+
+    def abort(self) -> None:
+        self._file.close()
+        self._bin_tmp.unlink(missing_ok=True)
+
+
+def build_manifest(
+    shards: list[dict[str, Any]],
+    *,
+    tokenizer: dict[str, Any],
+    eos_id: int | None,
+    dtype: np.dtype,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Assemble a manifest from shard entries; totals are derived, never passed in."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tokenizer,
+        "eos_id": eos_id,
+        "dtype": np.dtype(dtype).name,
+        "num_documents": sum(s["documents"] for s in shards),
+        "num_tokens": sum(s["tokens"] for s in shards),
+        "num_shards": len(shards),
+        **extra,
+        "shards": shards,
+    }
+
+
+def write_store(
+    root: str | os.PathLike,
+    documents: list[np.ndarray] | list[list[int]],
+    *,
+    vocab_size: int,
+    tokenizer_sha256: str = "0" * 64,
+    eos_id: int | None = None,
+    docs_per_shard: int | None = None,
+) -> Path:
+    """Write already-tokenized documents as a store (tests, exports and small tools)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_for_vocab(vocab_size)
+    per_shard = docs_per_shard or max(len(documents), 1)
+    shards = []
+    for number, start in enumerate(range(0, max(len(documents), 1), per_shard)):
+        chunk = [np.asarray(d, dtype=np.int64) for d in documents[start : start + per_shard]]
+        writer = ShardWriter(root, f"shard-{number:05d}", dtype)
+        if chunk:
+            writer.add_documents(np.array([len(d) for d in chunk]), np.concatenate(chunk))
+        shards.append(writer.close())
+    tokenizer = {"sha256": tokenizer_sha256, "vocab_size": vocab_size}
+    write_json_atomic(
+        root / MANIFEST, build_manifest(shards, tokenizer=tokenizer, eos_id=eos_id, dtype=dtype)
+    )
+    return root
