@@ -206,7 +206,9 @@ def test_phase_errors_name_the_phase(phase, expected):
 def test_a_phase_that_gets_no_whole_block_is_rejected():
     tiny = {"name": "p", "tokens": 2, "weights": {"a": 1.0}}
     data = spec_dict(phase=[tiny, {**tiny, "name": "q"}])
-    assert spec_error(data) == "phase 'p'.tokens: 2 is less than one block of seq_len 4"
+    assert spec_error(data) == (
+        "phase 'p'.tokens: 2 tokens (from token 396) is less than one block of seq_len 4"
+    )
 
 
 def test_duplicate_source_names_are_rejected():

@@ -7,7 +7,8 @@ same global batches an uninterrupted run would have.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from mixer.errors import MixerError
@@ -43,17 +44,22 @@ class BatchIterator:
 
     def __len__(self) -> int:
         """Batches left to yield."""
-        return self.num_steps - self.step
+        return self.sampler.num_batch_steps(self.global_batch_size, self.step)
+
+    def steps_left(self) -> Iterator[int]:
+        """Global steps still to hand out, in order: skipped ranges are left out."""
+        return self.sampler.batch_steps(self.global_batch_size, self.step)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in self.iter_steps(range(self.step, self.num_steps)):
+        for batch in self.iter_steps(self.steps_left()):
             self.step = batch["step"] + 1  # handed out means consumed: resume after it
             yield batch
 
-    def iter_steps(self, steps: range) -> Iterator[dict[str, Any]]:
+    def iter_steps(self, steps: Iterable[int]) -> Iterator[dict[str, Any]]:
         """Batches of the given global steps, leaving the resume state alone (for workers)."""
+        steps, read = itertools.tee(steps)  # tee buffers only the chunk read_batches holds
         batches = self.sampler.read_batches(
-            self.batch_size, steps, self.rank, self.world_size, self.positions
+            self.batch_size, read, self.rank, self.world_size, self.positions
         )
         for step, blocks in zip(steps, batches, strict=True):
             batch: dict[str, Any] = {"tokens": blocks.tokens, "source": blocks.sources}

@@ -17,23 +17,31 @@ Block k of a source is tokens [k * seq_len, k * seq_len + seq_len + 1) of its co
 stream, so a trainer takes x = b[:-1], y = b[1:].
 
 The period is the only table: at most `MAX_PERIOD` slots per phase, whatever the run length.
+
+Steering (`amended`, `skipping`, `fingerprint`): a change of weights at block n is a new phase
+from n (`mixer.mix.spec.Amendment`), so every block before n is unchanged and every source's
+draws continue where they were (step 3 counts draws across phases). Skipped ranges of blocks
+are left out by the batch iterators but keep their place, so later blocks are unchanged. A
+fingerprint of the plan before block n lets a resumed loader refuse a spec edited in the past.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mixer.errors import MixerError, SpecError
 from mixer.mix.permutation import epoch_keys, permute, permute_one
-from mixer.mix.spec import WEIGHT_TOLERANCE, MixSpec, Phase
+from mixer.mix.spec import WEIGHT_TOLERANCE, Amendment, MixSpec, Phase, amend_plan
 from mixer.store.reader import TokenStore
 
 MAX_PERIOD = 1 << 20
@@ -224,6 +232,10 @@ class PhaseTable:
         return m * self.period + int(self.slots[self.slot_offsets[s] + q])
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------- reading blocks
 
 
@@ -273,8 +285,15 @@ class MixSampler:
         spec: MixSpec,
         stores: Mapping[str, TokenStore] | None = None,
         verify: bool = False,
+        amendments: Iterable[Amendment] = (),
+        skip_blocks: Iterable[tuple[int, int]] = (),
     ):
         self.spec = spec
+        self.amendments = tuple(amendments)
+        self.plan = spec.plan
+        for amendment in self.amendments:
+            self.plan = amend_plan(self.plan, amendment, tuple(s.name for s in spec.sources))
+        self.skip_blocks = _merge_ranges([*spec.skip_blocks, *skip_blocks], spec.num_blocks)
         self.seq_len = spec.seq_len
         self.source_names = tuple(s.name for s in spec.sources)
         self.stores = tuple(
@@ -287,7 +306,7 @@ class MixSampler:
         self.source_blocks = tuple((st.num_tokens - 1) // self.seq_len for st in self.stores)
         self.dtype = np.result_type(*(st.dtype for st in self.stores))
         tables, drawn = [], [0] * len(self.source_names)
-        for phase in spec.plan:
+        for phase in self.plan:
             tables.append(PhaseTable(phase, self.source_names, drawn))
             drawn = [d + n for d, n in zip(drawn, tables[-1].draws, strict=True)]
         self.phases = tuple(tables)
@@ -303,7 +322,7 @@ class MixSampler:
         """Pickle (DataLoader workers under spawn) as the spec and store paths, reopened on load:
         never the memory maps, which would copy the data."""
         roots = {n: str(st.root) for n, st in zip(self.source_names, self.stores, strict=True)}
-        return _reopen, (self.spec, roots)
+        return _reopen, (self.spec, roots, self.amendments, self.skip_blocks)
 
     def _check_stores(self) -> None:
         first, sha0 = self.source_names[0], self.stores[0].tokenizer_sha256
@@ -408,6 +427,85 @@ class MixSampler:
                 return table.start + table.index_of(s, j - table.drawn_before[s])
         raise AssertionError("unreachable: draws add up over phases")
 
+    # -- steering
+    def amended(self, weights: Mapping[str, float], at_block: int) -> MixSampler:
+        """A sampler that mixes by `weights` from global block `at_block` to the end of the
+        phase that block falls in; blocks before it are unchanged and every source's draws
+        continue (`Amendment`). Refused (SpecError) when the new plan breaks `max_repeats`."""
+        amendment = Amendment(at_block, weights)
+        return self._with(amendments=(*self.amendments, amendment))
+
+    def skipping(self, start_block: int, stop_block: int) -> MixSampler:
+        """A sampler whose batch iterators leave out global blocks [start_block, stop_block).
+
+        The blocks keep their place in the stream (consumed, not re-drawn): every other block
+        is unchanged. A global batch that holds any skipped block is skipped whole."""
+        return self._with(skip_blocks=(*self.skip_blocks, (start_block, stop_block)))
+
+    def _with(self, **changes: Any) -> MixSampler:
+        args = {"amendments": self.amendments, "skip_blocks": self.skip_blocks, **changes}
+        stores = dict(zip(self.source_names, self.stores, strict=True))
+        return MixSampler(self.spec, stores, **args)
+
+    def skipped_steps(self, global_batch_size: int) -> tuple[tuple[int, int], ...]:
+        """Global step ranges [a, b) that hold a skipped block, sorted and disjoint."""
+        g = global_batch_size
+        steps = [(lo // g, min(-(-hi // g), self.num_batches(g))) for lo, hi in self.skip_blocks]
+        return _merge_ranges([(a, b) for a, b in steps if a < b], self.num_batches(g))
+
+    def batch_steps(self, global_batch_size: int, start_step: int = 0) -> Iterator[int]:
+        """Global steps from `start_step` on that hold no skipped block, in order."""
+        step = start_step
+        for a, b in self.skipped_steps(global_batch_size):
+            if step < a:
+                yield from range(step, a)
+            step = max(step, b)
+        yield from range(step, self.num_batches(global_batch_size))
+
+    def num_batch_steps(self, global_batch_size: int, start_step: int = 0) -> int:
+        """How many steps `batch_steps` yields."""
+        left = max(0, self.num_batches(global_batch_size) - start_step)
+        skipped = self.skipped_steps(global_batch_size)
+        return left - sum(max(0, b - max(a, start_step)) for a, b in skipped)
+
+    def fingerprint(self, stop_block: int) -> dict[str, str]:
+        """What blocks [0, stop_block) depend on, hashed: `plan` (seed, seq_len, sources and
+        their sizes, and each phase's range and exact weights up to there) and `stores` (the
+        shards' sha256). Equal fingerprints mean the same blocks before `stop_block`; phase
+        names and anything after `stop_block` are left out, so a spec may change its future."""
+        stop = max(0, min(int(stop_block), self._len))
+        phases = [
+            [t.start, min(t.blocks, stop - t.start), list(t.counts)]
+            for t in self.phases
+            if t.start < stop
+        ]
+        plan = {
+            "seed": self.spec.seed,
+            "seq_len": self.seq_len,
+            "sources": [list(x) for x in zip(self.source_names, self.source_blocks, strict=True)],
+            "phases": phases,
+        }
+        stores = [
+            [str(e.get("bin_sha256", e.get("tokens"))) for e in st.manifest["shards"]]
+            for st in self.stores
+        ]
+        return {"plan": _digest(plan), "stores": _digest(stores)}
+
+    def check_fingerprint(self, expected: Mapping[str, str], stop_block: int, what: str) -> None:
+        """Refuse, in one line, a plan or stores that differ from `expected` before `stop_block`
+        (`what` names the point, e.g. "step 1200")."""
+        actual = self.fingerprint(stop_block)
+        for key, meaning in (
+            ("plan", "the spec's plan (weights, phases, seed, seq_len or store sizes)"),
+            ("stores", "the stores' contents"),
+        ):
+            if key in expected and expected[key] != actual[key]:
+                raise MixerError(
+                    f"fingerprint: {meaning} before {what} differs from the checkpoint's "
+                    f"({actual[key]} != {expected[key]}): resuming would change data already "
+                    f"trained on; restore the original, and change the mix only from {what} on"
+                )
+
     # -- tokens
     def __getitem__(self, i: int) -> np.ndarray:
         """Tokens of global block i: `seq_len + 1` ids in the stores' dtype, a new array."""
@@ -476,11 +574,31 @@ class MixSampler:
         self, batch_size: int, rank: int = 0, world_size: int = 1, start_step: int = 0
     ) -> Iterator[np.ndarray]:
         """(batch_size, seq_len + 1) arrays: global batch g is indices [g G, (g + 1) G),
-        G = batch_size * world_size, and rank r takes its r-th contiguous slice."""
-        steps = range(start_step, self.num_batches(batch_size * world_size))
+        G = batch_size * world_size, and rank r takes its r-th contiguous slice; skipped
+        batches (`skipping`, the spec's `skip_steps`) are left out."""
+        steps = self.batch_steps(batch_size * world_size, start_step)
         for blocks in self.read_batches(batch_size, steps, rank, world_size):
             yield blocks.tokens
 
 
-def _reopen(spec: MixSpec, roots: Mapping[str, str]) -> MixSampler:
-    return MixSampler(spec, {name: TokenStore.open(root) for name, root in roots.items()})
+def _reopen(
+    spec: MixSpec,
+    roots: Mapping[str, str],
+    amendments: tuple[Amendment, ...] = (),
+    skip_blocks: tuple[tuple[int, int], ...] = (),
+) -> MixSampler:
+    stores = {name: TokenStore.open(root) for name, root in roots.items()}
+    return MixSampler(spec, stores, amendments=amendments, skip_blocks=skip_blocks)
+
+
+def _merge_ranges(ranges: Iterable[tuple[int, int]], end: int) -> tuple[tuple[int, int], ...]:
+    """Sorted, disjoint [start, stop) ranges covering the union of `ranges`, checked in [0, end]."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted((int(a), int(b)) for a, b in ranges):
+        if not 0 <= lo < hi <= end:
+            raise MixerError(f"skip range [{lo}, {hi}) is not inside the run's [0, {end}) blocks")
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in merged)

@@ -18,14 +18,23 @@ A spec is plain data validated on construction, so a typo fails before any store
 
     [[phase]]
     name = "finetune"
-    tokens = 1_000_000_000            # or: blocks = N
+    tokens = 1_000_000_000            # or: blocks = N, or a start: start_step / start_tokens
     weights = { proofpile = 0.99, web = 0.01 }
 
 Phases run in the order listed, after a base phase named "main" that mixes by the sources'
-`weight` and covers whatever part of the run the listed phases leave (none when they cover it
-all; then `weight` may be omitted). A source missing from a phase's `weights` has weight 0 there.
-Phase boundaries fall at block `floor(cumulative_tokens / seq_len)`, so phases tile the run
-exactly even when their token counts are not multiples of `seq_len`.
+`weight`. A phase is given by its length (`tokens` or `blocks`) or by where it starts
+(`start_step = N`, which needs `steps`/`global_batch_size`, or `start_tokens = T`). A phase
+with a start runs from there until the phases after it, which are packed against the next start
+or the end of the run; "main" starts at 0 and takes whatever the listed phases leave before the
+first of them (nothing when they cover it; then `weight` may be omitted). So a spec with only
+length phases places them at the end of the run, and adding a phase with a start changes
+nothing before that start: that is how a run's mix is changed mid-way (`MixSampler.amended`
+does the same for a live loader). A source missing from a phase's `weights` has weight 0 there.
+Phase boundaries fall at block `floor(token_offset / seq_len)`, so phases tile the run exactly
+even when their token counts are not multiples of `seq_len`.
+
+`skip_steps = [[a, b], ...]` (with `global_batch_size`) makes the loaders skip global steps
+[a, b): their blocks are consumed, not re-drawn, so every later step is unchanged.
 
 Checks that need the stores (tokenizer mismatch, a store too small for one block, max_repeats)
 happen when `mixer.mix.sampler.MixSampler` opens them.
@@ -50,9 +59,19 @@ from mixer.errors import SpecError
 WEIGHT_TOLERANCE = 1e-9
 BASE_PHASE = "main"
 
-_TOP_KEYS = ("seq_len", "seed", "total_tokens", "steps", "global_batch_size", "source", "phase")
+_TOP_KEYS = (
+    "seq_len",
+    "seed",
+    "total_tokens",
+    "steps",
+    "global_batch_size",
+    "skip_steps",
+    "source",
+    "phase",
+)
 _SOURCE_KEYS = ("name", "store", "weight", "max_repeats")
-_PHASE_KEYS = ("name", "tokens", "blocks", "weights")
+_PHASE_KEYS = ("name", "tokens", "blocks", "start_step", "start_tokens", "weights")
+_PHASE_EXTENT = ("tokens", "blocks", "start_step", "start_tokens")
 
 
 def _is_int(value: object) -> bool:
@@ -107,23 +126,35 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class PhaseSpec:
-    """A stretch of the run, given in tokens or in blocks, with its own weights."""
+    """A stretch of the run with its own weights: a length (tokens or blocks) or a start
+    (start_step or start_tokens), exactly one of the four."""
 
     name: str
     weights: Mapping[str, float]
     tokens: int | None = None
     blocks: int | None = None
+    start_step: int | None = None
+    start_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"phase.name: must be a non-empty string, got {self.name!r}")
+        if "@" in self.name:
+            raise SpecError(f"phase.name: {self.name!r}: '@' is reserved for amended phases")
         key = f"phase '{self.name}'"
-        if (self.tokens is None) == (self.blocks is None):
-            raise SpecError(f"{key}: give exactly one of tokens or blocks")
-        if self.tokens is not None:
-            _positive_int(f"{key}.tokens", self.tokens)
-        if self.blocks is not None:
-            _positive_int(f"{key}.blocks", self.blocks)
+        given = [k for k in _PHASE_EXTENT if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise SpecError(
+                f"{key}: give exactly one of tokens or blocks (a length) or start_step or "
+                f"start_tokens (a start), got {', '.join(given) or 'none'}"
+            )
+        for k in ("tokens", "blocks"):
+            if getattr(self, k) is not None:
+                _positive_int(f"{key}.{k}", getattr(self, k))
+        for k in ("start_step", "start_tokens"):
+            value = getattr(self, k)
+            if value is not None and (not _is_int(value) or value < 0):
+                raise SpecError(f"{key}.{k}: must be an integer >= 0, got {value!r}")
         if not isinstance(self.weights, Mapping):
             raise SpecError(f"{key}.weights: must be a table of source = weight")
         object.__setattr__(self, "weights", dict(self.weights))  # a copy: callers keep theirs
@@ -141,6 +172,60 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class Amendment:
+    """New weights from global block `at_block` to the end of the phase that block falls in.
+
+    Applied to a plan it is a new phase, never a rewrite: the phase it falls in keeps its blocks
+    before `at_block`, and later phases keep theirs. JSON form: `{"at_block": n, "weights": {}}`.
+    """
+
+    at_block: int
+    weights: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.at_block) or self.at_block < 0:
+            raise SpecError(f"at_block: must be an integer >= 0, got {self.at_block!r}")
+        if not isinstance(self.weights, Mapping):
+            raise SpecError(f"weights: must be a mapping of source = weight, got {self.weights!r}")
+        object.__setattr__(self, "weights", {str(k): v for k, v in self.weights.items()})
+        _check_weights("weights", self.weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at_block": self.at_block, "weights": dict(self.weights)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Amendment:
+        try:
+            return cls(data["at_block"], data["weights"])
+        except (KeyError, TypeError):
+            raise SpecError(f"amendment: expected {{at_block, weights}}, got {data!r}") from None
+
+
+def amend_plan(
+    plan: tuple[Phase, ...], amendment: Amendment, sources: tuple[str, ...]
+) -> tuple[Phase, ...]:
+    """`plan` with the phase holding `amendment.at_block` split there (see `Amendment`)."""
+    for name in amendment.weights:
+        if name not in sources:
+            raise SpecError(f"weights: unknown source {name!r} (sources: {', '.join(sources)})")
+    end = plan[-1].start + plan[-1].blocks
+    at = amendment.at_block
+    if at >= end:
+        raise SpecError(f"at_block: {at} is at or after the end of the run ({end} blocks)")
+    out = []
+    for phase in plan:
+        if not phase.start <= at < phase.start + phase.blocks:
+            out.append(phase)
+            continue
+        if at > phase.start:
+            out.append(Phase(phase.name, phase.start, at - phase.start, phase.weights))
+        base = phase.name.split("@")[0]
+        weights = {n: float(amendment.weights.get(n, 0.0)) for n in sources}
+        out.append(Phase(f"{base}@{at}", at, phase.start + phase.blocks - at, weights))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class MixSpec:
     """A validated mix: constructing one with bad values raises SpecError naming the key."""
 
@@ -151,6 +236,7 @@ class MixSpec:
     steps: int | None = None
     global_batch_size: int | None = None
     phases: tuple[PhaseSpec, ...] = ()
+    skip_steps: tuple[tuple[int, int], ...] = ()
     plan: tuple[Phase, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +268,37 @@ class MixSpec:
                         f"(sources: {', '.join(names)})"
                     )
         object.__setattr__(self, "plan", self._resolve_phases())
+        object.__setattr__(self, "skip_steps", self._check_skips())
+
+    def _check_skips(self) -> tuple[tuple[int, int], ...]:
+        if not isinstance(self.skip_steps, (list, tuple)):
+            raise SpecError(
+                f"skip_steps: must be a list of [start, stop] pairs, got {self.skip_steps!r}"
+            )
+        if self.skip_steps and self.global_batch_size is None:
+            raise SpecError(
+                "skip_steps: needs steps and global_batch_size (this spec gives total_tokens)"
+            )
+        out = []
+        for pair in self.skip_steps:
+            if (
+                not isinstance(pair, (list, tuple))
+                or len(pair) != 2
+                or not all(_is_int(x) for x in pair)
+                or not 0 <= pair[0] < pair[1] <= self.steps
+            ):
+                raise SpecError(
+                    f"skip_steps: {pair!r} is not a [start, stop] pair with "
+                    f"0 <= start < stop <= steps ({self.steps})"
+                )
+            out.append((pair[0], pair[1]))
+        return tuple(sorted(out))
+
+    @property
+    def skip_blocks(self) -> tuple[tuple[int, int], ...]:
+        """`skip_steps` as global block ranges [start, stop)."""
+        g = self.global_batch_size or 0
+        return tuple((a * g, b * g) for a, b in self.skip_steps)
 
     @property
     def run_tokens(self) -> int:
@@ -194,49 +311,94 @@ class MixSpec:
     def num_blocks(self) -> int:
         return self.run_tokens // self.seq_len
 
+    def _start_tokens(self, phase: PhaseSpec) -> int:
+        """Token offset where a phase given by its start begins."""
+        if phase.start_tokens is not None:
+            return phase.start_tokens
+        if self.global_batch_size is None:
+            raise SpecError(
+                f"phase '{phase.name}'.start_step: needs steps and global_batch_size (this spec "
+                "gives total_tokens); use start_tokens"
+            )
+        return phase.start_step * self.global_batch_size * self.seq_len
+
     def _resolve_phases(self) -> tuple[Phase, ...]:
+        """Phases as token ranges, then blocks: each start anchors its phase, and the length
+        phases after it are packed against the next start (or the end of the run)."""
         if self.num_blocks < 1:
             raise SpecError(
                 f"total_tokens: {self.total_tokens} is less than one block "
                 f"of seq_len {self.seq_len}"
             )
-        listed = [
-            p.tokens if p.tokens is not None else p.blocks * self.seq_len for p in self.phases
-        ]
-        base_tokens = self.run_tokens - sum(listed)
-        if base_tokens < 0:
-            raise SpecError(
-                f"phase: phases need {sum(listed)} tokens but the run has {self.run_tokens}"
-            )
-        named = [
-            (p.name, tokens, dict(p.weights)) for p, tokens in zip(self.phases, listed, strict=True)
-        ]
-        if base_tokens > 0:
-            missing = [s.name for s in self.sources if s.weight is None]
-            if missing:
+        # segments: an anchor (the base phase at 0, or a phase with a start) + length phases
+        segments: list[tuple[PhaseSpec | None, int, list[PhaseSpec]]] = [(None, 0, [])]
+        for phase in self.phases:
+            if phase.start_step is None and phase.start_tokens is None:
+                segments[-1][2].append(phase)
+                continue
+            start, (before, before_start, _) = self._start_tokens(phase), segments[-1]
+            if start >= self.run_tokens:
                 raise SpecError(
-                    f"source '{missing[0]}'.weight: missing, and the base phase {BASE_PHASE!r} "
-                    f"needs it for the {base_tokens} tokens the phases leave"
+                    f"phase '{phase.name}': starts at token {start}, at or after the end of "
+                    f"the run ({self.run_tokens} tokens)"
                 )
-            base = {s.name: s.weight for s in self.sources}
-            _check_weights("source.weight", base)
-            named.insert(0, (BASE_PHASE, base_tokens, base))
-        plan, cumulative = [], 0
-        for name, tokens, weights in named:
+            if before is not None and start <= before_start:
+                raise SpecError(
+                    f"phase '{phase.name}': starts at token {start}, not after phase "
+                    f"'{before.name}' (token {before_start}); list phases in the order they run"
+                )
+            segments.append((phase, start, []))
+        named: list[tuple[str, int, int, dict[str, float]]] = []  # name, start, stop, weights
+        for number, (anchor, start, packed) in enumerate(segments):
+            stop = segments[number + 1][1] if number + 1 < len(segments) else self.run_tokens
+            lengths = [
+                p.tokens if p.tokens is not None else p.blocks * self.seq_len for p in packed
+            ]
+            anchor_stop = stop - sum(lengths)
+            if anchor_stop < start:
+                if anchor is None and len(segments) == 1:
+                    raise SpecError(
+                        f"phase: phases need {sum(lengths)} tokens but the run has "
+                        f"{self.run_tokens}"
+                    )
+                where = "the run" if anchor is None else f"phase '{anchor.name}'"
+                raise SpecError(
+                    f"phase '{packed[0].name}': the {len(packed)} phase(s) from here need "
+                    f"{sum(lengths)} tokens but only {stop - start} lie between the start of "
+                    f"{where} (token {start}) and {stop}"
+                )
+            if anchor is not None:
+                named.append((anchor.name, start, anchor_stop, dict(anchor.weights)))
+            elif anchor_stop > start:
+                missing = [s.name for s in self.sources if s.weight is None]
+                if missing:
+                    raise SpecError(
+                        f"source '{missing[0]}'.weight: missing, and the base phase "
+                        f"{BASE_PHASE!r} needs it for the {anchor_stop} tokens the phases leave"
+                    )
+                base = {s.name: s.weight for s in self.sources}
+                _check_weights("source.weight", base)
+                named.append((BASE_PHASE, 0, anchor_stop, base))
+            cumulative = anchor_stop
+            for phase, tokens in zip(packed, lengths, strict=True):
+                named.append((phase.name, cumulative, cumulative + tokens, dict(phase.weights)))
+                cumulative += tokens
+        plan: list[Phase] = []
+        for name, start, stop, weights in named:
             if any(p.name == name for p in plan):
                 raise SpecError(
                     f"phase.name: {name!r} is used twice (the base phase is {BASE_PHASE!r})"
                 )
-            start = cumulative // self.seq_len
-            cumulative += tokens
-            blocks = cumulative // self.seq_len - start
+            first = start // self.seq_len
+            blocks = stop // self.seq_len - first
             if blocks == 0:
+                key = "tokens" if any(p.name == name and p.tokens for p in self.phases) else ""
                 raise SpecError(
-                    f"phase '{name}'.tokens: {tokens} is less than one block "
-                    f"of seq_len {self.seq_len}"
+                    f"phase '{name}'{'.' + key if key else ''}: {stop - start} tokens (from "
+                    f"token {start}) is less than one block of seq_len {self.seq_len}"
                 )
             full = {s.name: float(weights.get(s.name, 0.0)) for s in self.sources}
-            plan.append(Phase(name, start, blocks, full))
+            plan.append(Phase(name, first, blocks, full))
         return tuple(plan)
 
     # -- conversion
@@ -274,9 +436,8 @@ class MixSpec:
             _no_unknown_keys(f"phase[{number}]", entry, _PHASE_KEYS)
             if "name" not in entry or "weights" not in entry:
                 raise SpecError(f"phase[{number}]: needs name and weights")
-            phases.append(
-                PhaseSpec(entry["name"], entry["weights"], entry.get("tokens"), entry.get("blocks"))
-            )
+            extent = {k: entry[k] for k in _PHASE_EXTENT if k in entry}
+            phases.append(PhaseSpec(entry["name"], entry["weights"], **extent))
         for key in ("seq_len", "seed"):
             if key not in data:
                 raise SpecError(f"{key}: missing")
@@ -288,6 +449,7 @@ class MixSpec:
             steps=data.get("steps"),
             global_batch_size=data.get("global_batch_size"),
             phases=tuple(phases),
+            skip_steps=data.get("skip_steps", ()),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,12 +458,14 @@ class MixSpec:
         for key in ("total_tokens", "steps", "global_batch_size"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.skip_steps:
+            out["skip_steps"] = [list(r) for r in self.skip_steps]
         out["source"] = [{k: v for k, v in vars(s).items() if v is not None} for s in self.sources]
         if self.phases:
             out["phase"] = [
                 {
                     "name": p.name,
-                    **({"tokens": p.tokens} if p.tokens is not None else {"blocks": p.blocks}),
+                    **{k: getattr(p, k) for k in _PHASE_EXTENT if getattr(p, k) is not None},
                     "weights": dict(p.weights),
                 }
                 for p in self.phases

@@ -12,6 +12,7 @@ Two ways in:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,7 +103,7 @@ class MixedIterableDataset(IterableDataset):
         if worker is None:
             batches = iter(self.batches)  # tracks the resume step itself
         else:
-            steps = range(self.batches.step + worker.id, self.batches.num_steps, worker.num_workers)
+            steps = itertools.islice(self.batches.steps_left(), worker.id, None, worker.num_workers)
             batches = self.batches.iter_steps(steps)
         for batch in batches:
             yield {
