@@ -116,6 +116,25 @@ def tokenize(
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Default: on a TTY.")
     ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Read only files matching, relative to each input root, e.g. "
+            "'data/CC-MAIN-*/*.parquet' ('*' within a folder, '**' across); repeat to OR."
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Skip files matching, relative to each input root; repeat."),
+    ] = None,
+    all_splits: Annotated[
+        bool,
+        typer.Option(
+            "--all-splits",
+            help="Also read val/valid/validation/dev/test/sample folders and test-*/val-* "
+            "files under the inputs (skipped by default).",
+        ),
+    ] = False,
 ) -> None:
     """Tokenize corpora (jsonl, jsonl.gz, jsonl.zst, parquet, txt) into a token store."""
     from mixer.ingest.driver import tokenize as run_tokenize
@@ -140,8 +159,58 @@ def tokenize(
         backend=backend,
         cache_dir=cache_dir,
         storage_options=parse_json_option(storage_options, "--storage-options"),
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        all_splits=all_splits,
     )
     run_tokenize(job, progress=progress)
+
+
+@app.command(
+    epilog="Example:  mixer peek musicpile/data --field src --limit 5000",
+)
+def peek(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Files, directories or globs; local or fsspec URLs.")
+    ],
+    field: Annotated[
+        str | None, typer.Option(help="Count this field's most common values (dotted paths ok).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Records to read in all.")] = 1000,
+    files: Annotated[int, typer.Option(help="Files to read from, spread over the input.")] = 8,
+    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
+    format: Annotated[str | None, typer.Option(help="Override format detection.")] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="As for tokenize: files to read; repeat.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="As for tokenize: files to skip; repeat.")
+    ] = None,
+    all_splits: Annotated[
+        bool, typer.Option("--all-splits", help="Also read held-out split folders.")
+    ] = False,
+    storage_options: Annotated[
+        str | None, typer.Option(help="JSON passed to fsspec, e.g. '{\"anon\": true}'.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the columns or keys, first texts and a field's common values of an input's first
+    records: what to look at before writing --where or --text-field."""
+    from mixer.ingest.peek import format_peek
+    from mixer.ingest.peek import peek as run_peek
+    from mixer.ingest.select import Selection
+
+    report = run_peek(
+        list(inputs),
+        field=field,
+        limit=limit,
+        max_files=files,
+        text_field=text_field,
+        format=format,
+        selection=Selection(tuple(include or ()), tuple(exclude or ()), all_splits),
+        storage_options=parse_json_option(storage_options, "--storage-options"),
+    )
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_peek(report))
 
 
 @app.command(epilog="Example:  mixer inspect stores/web --json")
@@ -236,7 +305,11 @@ def run(
     out: Annotated[str, typer.Option("--out", "-o", help="Directory for stores and reports.")],
     input: Annotated[
         list[str] | None,
-        typer.Option("--input", help="NAME=URL: tokenize store NAME from URL instead; repeat."),
+        typer.Option(
+            "--input",
+            help="NAME=ROOT: store NAME reads the dataset downloaded whole at ROOT (local or "
+            "URL) through the recipe's include/exclude patterns; repeat for several roots.",
+        ),
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel Ray tasks; 0 in-process.")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster.")] = None,

@@ -5,6 +5,11 @@ A pipeline file has a tokenizer, one `[stores.NAME]` table per store (the option
 `mixer tokenize`), and a `[mix]` table that is a mix spec whose sources default to the stores of
 the same name. Paths are relative to the pipeline file, so a recipe runs on the bundled samples
 as is and on real data by overriding inputs: `--input proofpile=s3://bucket/proofpile/`.
+
+A store names the published dataset(s) it expects (`datasets`, shown in messages) and
+`include`/`exclude` patterns relative to each input root (see `mixer.ingest.select`), so
+`--input NAME=ROOT` takes a dataset as downloaded whole and the recipe picks the training split
+and the subsets it wants; repeat `--input NAME=ROOT` for a store made of several datasets.
 """
 
 from __future__ import annotations
@@ -28,7 +33,20 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 _TOP_KEYS = {"name", "description", "tokenizer", "stores", "mix", "output"}
-_STORE_KEYS = {"inputs", "format", "text_field", "txt_mode", "on_error", "where", "backend"}
+_STORE_KEYS = {
+    "datasets",
+    "inputs",
+    "include",
+    "exclude",
+    "all_splits",
+    "format",
+    "text_field",
+    "txt_mode",
+    "on_error",
+    "where",
+    "backend",
+}
+_LIST_KEYS = ("datasets", "inputs", "include", "exclude", "where")
 _OUTPUT_KEYS = {"export", "plot"}
 
 
@@ -63,6 +81,10 @@ def load_pipeline(path: str) -> dict[str, Any]:
         _check_keys(f"{path}: stores.{name}", table, _STORE_KEYS)
         if not table.get("inputs"):
             raise SpecError(f"{path}: stores.{name}.inputs must list at least one input")
+        for key in _LIST_KEYS:
+            value = table.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SpecError(f"{path}: stores.{name}.{key} must be a list of strings")
     _check_keys(f"{path}: output", data.get("output", {}), _OUTPUT_KEYS)
     return data
 
@@ -85,10 +107,16 @@ def run_pipeline(
     for name, table in data["stores"].items():
         given = (inputs or {}).get(name)
         urls = given or [_resolve(u, base) for u in table["inputs"]]
-        options = {k: v for k, v in table.items() if k != "inputs"}
-        if "where" in options:
-            options["where"] = tuple(options["where"])
-        print(f"[{name}] tokenizing {len(urls)} input(s)", file=sys.stderr)
+        options = {k: v for k, v in table.items() if k not in ("inputs", "datasets")}
+        for key in ("where", "include", "exclude"):
+            if key in options:
+                options[key] = tuple(options[key])
+        expects = table.get("datasets", [])
+        print(
+            f"[{name}] tokenizing {len(urls)} input(s)"
+            + (f" ({', '.join(expects)})" if expects else ""),
+            file=sys.stderr,
+        )
         job = TokenizeJob(
             inputs=tuple(urls),
             tokenizer=tokenizer,
@@ -97,7 +125,13 @@ def run_pipeline(
             ray_address=ray_address,
             **options,
         )
-        tokenize(job, progress=progress)
+        try:
+            tokenize(job, progress=progress)
+        except MixerError as e:
+            if not expects:
+                raise
+            hint = f"--input {name}=ROOT, ROOT a download of " + " or ".join(expects)
+            raise type(e)(f"stores.{name} ({hint}): {e}") from None
 
     mix = dict(data["mix"])
     mix["source"] = [

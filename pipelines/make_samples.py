@@ -5,29 +5,41 @@ published corpora (file names, compression, record fields), without downloading 
 text is synthetic, built from templates and word lists, so that the files are small (a few MB),
 free to redistribute and byte-identical on every run with the same seed.
 
-Layouts (each mirrors the published dump it is named after):
+Layouts: each folder is one dataset as `huggingface-cli download --repo-type dataset NAME
+--local-dir ROOT` lays it out, held-out splits and samples included (a few records each), so
+recipes select their files the way they must on a real download. Where each fact about a
+layout comes from (dataset cards, loading scripts, code that reads them) and which ones could
+not be checked is in README.md, "Real datasets".
 
-- `proofpile/train/proofpile_train_{0,1}.jsonl.gz`: ProofPile (hoskinson-center/proof-pile).
-  Gzipped JSON lines `{"text": ..., "meta": "<JSON string>"}`; `meta` is a JSON *string*, as
-  published, e.g. `"{\"set_name\": \"arxiv\", \"arxiv_id\": ...}"`. Texts: LaTeX theorem/proof
-  papers (set_name "arxiv") and Lean 4 files (set_name "formal").
-- `proof-pile-2/arxiv/train/arXiv_000.jsonl.zst`, `.../algebraic-stack/train/lean/*.jsonl.zst`,
-  `.../open-web-math/train/*.jsonl.zst`: Proof-Pile-2 (EleutherAI/proof-pile-2). Zstd JSON
-  lines, each file three concatenated zstd frames as in the real dumps; `meta` is an object.
-- `musicpile/data/train-0000{0,1}-of-00002.parquet`: MusicPile (m-a-p/MusicPile). Columns `id`,
-  `text`, `src`, several row groups. Music sources (what SPT kept): "abc", "irishman", "kern"
-  (ABC tunes, many in the Human/Assistant chat form MusicPile uses, and Humdrum **kern scores).
-  Non-music sources: "alpaca", "gsm8k", "camel". So `--where "src in ['abc', 'irishman',
-  'kern']"` selects the music.
-- `chempile/chempile-{paper,reasoning,instruction,education}-0000N.parquet`: ChemPile subsets,
-  one file (or two) per subset. Columns `text`, `subset` (the subset name) and `source`.
-  Texts embed SMILES in procedures, abstracts, worked calculations and Q&A.
-- `fineweb/data/CC-MAIN-*/000_00000.parquet`: FineWeb (HuggingFaceFW/fineweb), one file per
-  dump with FineWeb's columns `text, id, dump, url, date, file_path, language, language_score,
-  token_count` (token_count approximates GPT-2 tokens by counting words and punctuation).
-- `dclm/global-shard_01_of_10/local-shard_0_of_10/shard_0000000{0,1}_processed.jsonl.zstd`:
-  DCLM-baseline (mlfoundations/dclm-baseline-1.0), with its `.jsonl.zstd` spelling and fields
-  (`text`, `url`, `metadata`, `language_id_whole_page_fasttext`,
+- `proofpile/`: hoskinson-center/proof-pile. `train/proofpile_train_{0,1}.jsonl.gz`,
+  `dev/proofpile_dev.jsonl.gz`, `test/proofpile_test.jsonl.gz`; gzipped JSON lines
+  `{"text": ..., "meta": {...}}` with `meta` an object in the raw files: arXiv rows
+  `{"config": "arxiv", "file": ...}`, formal-library rows `{"subset_name": "curated",
+  "file": "formal/lean/..."}`. Texts: LaTeX theorem/proof papers and Lean 4 files.
+- `proof-pile-2/`: EleutherAI/proof-pile-2. `arxiv/`, `algebraic-stack/`, `open-web-math/`,
+  each with `train/`, `validation/`, `test/` holding flat files (`arXiv_000.jsonl.zst`,
+  `github-lean-train-0000.jsonl.zst` and `python0000.jsonl.zst`, `shard-0000.jsonl.zst`,
+  `val.jsonl.zst`, ...). Zstd JSON lines, three concatenated frames per file; `meta` an object
+  (its keys here are illustrative).
+- `musicpile/`: m-a-p/MusicPile. `data/train-0000{0,1}-of-00002-<hash>.parquet`, columns `id`
+  (int64), `text`, `src`, several row groups. The texts are ABC tunes (some in the
+  Human/Assistant chat form), Humdrum **kern scores, and instruction/math rows. MusicPile does
+  not document its `src` values, so the sample's say they are made up (`synthetic:abc`, ...).
+- `chempile/chempile-{education,reasoning,paper}/`: jablonkagroup/chempile-education,
+  -reasoning and -paper, one folder per config (`LibreText_Chemistry-default/`,
+  `chemistry_stackexchange-raw_data/`, `chemrxiv_processed-default/`) holding
+  `train-0000N-of-0000M.parquet`, `val-...` and `test-...`; text column `text` (the reasoning
+  config also `title`, `q`, `a`, `split`). Texts embed SMILES in procedures, abstracts,
+  worked calculations and textbook sections.
+- `fineweb/`: HuggingFaceFW/fineweb. `data/CC-MAIN-*/000_00000.parquet`, one file per dump
+  with FineWeb's columns `text, id, dump, url, date, file_path, language, language_score,
+  token_count` (token_count approximates GPT-2 tokens by counting words and punctuation), and
+  `sample/10BT/000_00000.parquet`, which repeats every 50th document of `data/` as the real
+  `sample/` folders repeat documents of the full set.
+- `dclm/`: mlfoundations/dclm-baseline-1.0.
+  `global-shard_01_of_10/local-shard_0_of_10/shard_0000000{0,1}_processed.jsonl.zstd`, with its
+  `.jsonl.zstd` spelling and fields (`text`, `url`, `metadata`,
+  `language_id_whole_page_fasttext`,
   `fasttext_openhermes_reddit_eli5_vs_rw_v2_bigram_200k_train_prob`, ...).
 
 Web text (fineweb + dclm) is about 60% of the tokens, as it is the large side of every mix;
@@ -36,7 +48,7 @@ the whole set is about 4 MB on disk and 3.9M tokens.
 bytes depend on those, the decoded records only on the seed.
 
 The tokenizer (`pipelines/tokenizer.json`) is a GPT-2-style byte-level BPE, vocab 8192, with
-`<|endoftext|>` (id 0) and `<|pad|>` (id 1), trained on the samples.
+`<|endoftext|>` (id 0) and `<|pad|>` (id 1), trained on the samples' training files.
 
     python pipelines/make_samples.py                  # samples + tokenizer
     python pipelines/make_samples.py --no-tokenizer --out /tmp/s --scale 0.1
@@ -63,8 +75,9 @@ import zstandard
 HERE = Path(__file__).resolve().parent
 VOCAB_SIZE = 8192
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
-MUSIC_SOURCES = ("abc", "irishman", "kern")  # MusicPile `src` values that SPT kept
+MUSIC_SOURCES = ("abc", "irishman", "kern")  # kinds of sample text, not MusicPile's values
 OTHER_SOURCES = ("alpaca", "gsm8k", "camel")
+SRC_PREFIX = "synthetic:"  # sample `src` values say they are invented
 CHECKSUMS = "SHA256SUMS"
 T = TypeVar("T")
 
@@ -797,15 +810,19 @@ def arxiv_id(r: Rand) -> str:
 
 
 def proofpile_records(r: Rand, n: int) -> Iterator[dict]:
+    """`meta` as the raw files hold it (an object; the dataset's loading script re-encodes it
+    as a JSON string): arXiv rows `{"config": "arxiv", "file": ...}`, formal-library rows
+    `{"subset_name": "curated", "file": "formal/lean/..."}` (keys from the proof-pile build
+    scripts; see README "Real datasets")."""
     math, lean = MathWriter(r), LeanWriter(r)
     for _ in range(n):
         if r.chance(0.65):
-            meta = {"set_name": "arxiv", "arxiv_id": arxiv_id(r)}
+            meta = {"config": "arxiv", "file": f"{arxiv_id(r)}/v{r.between(1, 4)} arxiv/main.tex"}
             text = math.paper()
         else:
             path, text = lean.file()
-            meta = {"set_name": "formal", "file": f"lean/mathlib4/{path}"}
-        yield {"text": text, "meta": json.dumps(meta)}
+            meta = {"subset_name": "curated", "file": f"formal/lean/mathlib/{path}"}
+        yield {"text": text, "meta": meta}
 
 
 def pp2_arxiv(r: Rand, n: int) -> Iterator[dict]:
@@ -835,6 +852,30 @@ def pp2_lean(r: Rand, n: int) -> Iterator[dict]:
                 "max_stars_repo_path": path,
                 "max_stars_repo_name": "leanprover-community/mathlib4",
                 "max_stars_count": r.between(100, 2000),
+                "id": r.hex(40),
+            },
+        }
+
+
+def pp2_python(r: Rand, n: int) -> Iterator[dict]:
+    """Small numerical Python files, for AlgebraicStack's many non-Lean languages."""
+    for _ in range(n):
+        name = r.pick(["simpson", "newton", "bisect", "horner", "euler_step", "power_sum"])
+        k = r.between(2, 9)
+        text = (
+            f'"""{name.replace("_", " ").capitalize()} for the exercises of chapter {k}."""\n\n'
+            f"import math\n\n\ndef {name}(f, a, b, n={k * 10}):\n"
+            f"    h = (b - a) / n\n    total = f(a) + f(b)\n"
+            f"    for i in range(1, n):\n        total += {r.between(2, 4)} * f(a + i * h)\n"
+            f"    return total * h / {r.between(2, 6)}\n\n\n"
+            f"if __name__ == '__main__':\n    print({name}(math.sin, 0, math.pi))\n"
+        )
+        yield {
+            "text": text,
+            "meta": {
+                "max_stars_repo_path": f"numerics/{name}.py",
+                "max_stars_repo_name": f"{r.pick(SYLLABLES)}{r.pick(SYLLABLES)}/numerics",
+                "max_stars_count": r.between(1, 300),
                 "id": r.hex(40),
             },
         }
@@ -953,7 +994,10 @@ def gsm8k_item(r: Rand) -> str:
     )
 
 
-def musicpile_rows(r: Rand, n: int) -> Iterator[dict]:
+def musicpile_rows(r: Rand, n: int, first_id: int = 0) -> Iterator[dict]:
+    """Rows `id` (int64), `text`, `src` as MusicPile's card lists them. The real `src` values
+    are not documented, so the sample's are marked as made up (`synthetic:abc`, ...): do not
+    write a --where from them; run `mixer peek ROOT --field src` on a real shard."""
     web = WebWriter(r)
     for i in range(n):
         src = r.pick(MUSIC_SOURCES) if r.chance(0.65) else r.pick(OTHER_SOURCES)
@@ -981,7 +1025,7 @@ def musicpile_rows(r: Rand, n: int) -> Iterator[dict]:
                 )
             else:
                 text = f"Human: {ask} </s> Assistant: {answer} </s>"
-        yield {"id": f"{src}-{i:06d}", "text": text, "src": src}
+        yield {"id": first_id + i, "text": text, "src": f"{SRC_PREFIX}{src}"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1106,24 +1150,6 @@ def chem_reasoning(r: Rand) -> str:
     )
 
 
-def chem_instruction(r: Rand) -> str:
-    name, smiles, formula, mw = r.pick(MOLECULES)
-    task = r.pick(["name", "formula", "product"])
-    if task == "name":
-        return f"### Instruction:\nName the molecule with SMILES {smiles}.\n### Response:\n{name}"
-    if task == "formula":
-        return (
-            f"### Instruction:\nGive the molecular formula and molar mass of {name}.\n"
-            f"### Response:\n{formula}, {mw:.2f} g/mol (SMILES: {smiles})"
-        )
-    acid, acyl = r.pick(sorted(ACYLS.items()))
-    alkyl, chain = r.pick(sorted(ALKYLS.items()))
-    return (
-        f"### Instruction:\nPredict the product: {acyl}O.O{chain}>>?\n### Response:\n"
-        f"{acyl}O{chain}, the {alkyl} ester of {acid} acid, with water as by-product."
-    )
-
-
 def chem_education(r: Rand) -> str:
     group, example = r.pick(
         [
@@ -1146,12 +1172,34 @@ def chem_education(r: Rand) -> str:
     )
 
 
-CHEM_SUBSETS: dict[str, tuple[Callable[[Rand], str], str]] = {
-    "paper": (chem_paper, "procedures-and-abstracts"),
-    "reasoning": (chem_reasoning, "stoichiometry-cot"),
-    "instruction": (chem_instruction, "smiles-instructions"),
-    "education": (chem_education, "textbook-sections"),
+CHEMPILE: dict[str, tuple[str, Callable[[Rand], str], int]] = {
+    # dataset (jablonkagroup/chempile-*): (one of its configs, text maker, training rows)
+    "chempile-education": ("LibreText_Chemistry-default", chem_education, 600),
+    "chempile-reasoning": ("chemistry_stackexchange-raw_data", chem_reasoning, 600),
+    "chempile-paper": ("chemrxiv_processed-default", chem_paper, 400),
 }
+
+
+def chempile_rows(r: Rand, dataset: str, n: int, split: str) -> list[dict]:
+    """Rows of one ChemPile config: `text` in every dataset; chempile-reasoning's stackexchange
+    configs also hold `title`, `q`, `a` and `split` (the columns code that reads them uses)."""
+    config, make_text, _ = CHEMPILE[dataset]
+    rows = []
+    for i in range(n):
+        text = make_text(r)
+        row: dict = {"text": text}
+        if dataset == "chempile-reasoning":
+            q, _, a = text.partition("\nReasoning: ")
+            row = {
+                "title": q.removeprefix("Question: ")[:80],
+                "q": q.removeprefix("Question: "),
+                "a": a,
+                "split": split,
+                "text": text,
+                "__index_level_0__": i,
+            }
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -1185,8 +1233,18 @@ def write_parquet(path: Path, rows: list[dict], row_group_rows: int, compression
     pq.write_table(table, path, row_group_size=row_group_rows, compression=compression)
 
 
+def parquet_name(split: str, i: int, parts: int, tag: str = "") -> str:
+    """`train-00000-of-00002.parquet`, or with the hash suffix some Hub uploads carry."""
+    suffix = f"-{hashlib.sha256(tag.encode()).hexdigest()[:16]}" if tag else ""
+    return f"{split}-{i:05d}-of-{parts:05d}{suffix}.parquet"
+
+
 def generate(out: Path, seed: int = 0, scale: float = 1.0) -> list[Path]:
-    """Write every sample corpus under `out`; returns the files written, in a fixed order."""
+    """Write every sample corpus under `out`; returns the files written, in a fixed order.
+
+    Each corpus sits in its own folder laid out as the dataset downloads whole, held-out splits
+    and samples included (small), so recipes select files the way they must on the real thing.
+    """
 
     def n(count: int) -> int:
         return max(2, round(count * scale))
@@ -1202,43 +1260,65 @@ def generate(out: Path, seed: int = 0, scale: float = 1.0) -> list[Path]:
         files.append(path)
         return path
 
+    # hoskinson-center/proof-pile: train/ (21 shards in the real set), dev/, test/
     for i in range(2):
         records = rows(f"proofpile{i}", proofpile_records, 260)
         write_jsonl_gz(place(f"proofpile/train/proofpile_train_{i}.jsonl.gz"), records)
+    for split in ("dev", "test"):
+        records = rows(f"proofpile-{split}", proofpile_records, 20)
+        write_jsonl_gz(place(f"proofpile/{split}/proofpile_{split}.jsonl.gz"), records)
+    # EleutherAI/proof-pile-2: SUBSET/{train,validation,test}/, files flat inside
     for rel, make, count in [
         ("arxiv/train/arXiv_000.jsonl.zst", pp2_arxiv, 240),
-        ("algebraic-stack/train/lean/lean0000.jsonl.zst", pp2_lean, 200),
-        ("open-web-math/train/open-web-math_0000.jsonl.zst", pp2_web, 240),
+        ("algebraic-stack/train/github-lean-train-0000.jsonl.zst", pp2_lean, 200),
+        ("open-web-math/train/shard-0000.jsonl.zst", pp2_web, 240),
+        ("algebraic-stack/train/python0000.jsonl.zst", pp2_python, 60),
+        ("arxiv/validation/arXiv_000.jsonl.zst", pp2_arxiv, 10),
+        ("arxiv/test/arXiv_000.jsonl.zst", pp2_arxiv, 10),
+        ("algebraic-stack/validation/github-lean-validation-0000.jsonl.zst", pp2_lean, 10),
+        ("algebraic-stack/test/github-lean-test-0000.jsonl.zst", pp2_lean, 10),
+        ("open-web-math/validation/val.jsonl.zst", pp2_web, 10),
+        ("open-web-math/test/test.jsonl.zst", pp2_web, 10),
     ]:
         write_jsonl_zst(place(f"proof-pile-2/{rel}"), rows(rel, make, count), frames=3)
+    # m-a-p/MusicPile: data/train-000NN-of-000MM-<hash>.parquet, no held-out split
+    first_id = 0
     for i in range(2):
-        write_parquet(
-            place(f"musicpile/data/train-{i:05d}-of-00002.parquet"),
-            rows(f"musicpile{i}", musicpile_rows, 1000),
-            200,
-            "snappy",
-        )
-    for subset, (make_text, source) in CHEM_SUBSETS.items():
-        parts = 2 if subset == "paper" else 1
-        for i in range(parts):
-            r = Rand(seed, f"chempile-{subset}{i}")
-            chem = [
-                {"text": make_text(r), "subset": f"chempile-{subset}", "source": source}
-                for _ in range(n(200 if subset == "paper" else 600))
-            ]
-            write_parquet(place(f"chempile/chempile-{subset}-{i:05d}.parquet"), chem, 128, "zstd")
+        music = list(musicpile_rows(Rand(seed, f"musicpile{i}"), n(1000), first_id))
+        first_id += len(music)
+        name = parquet_name("train", i, 2, f"{seed}/musicpile{i}")
+        write_parquet(place(f"musicpile/data/{name}"), music, 200, "snappy")
+    # jablonkagroup/chempile-*: one repo per dataset, CONFIG/{train,val,test}-*.parquet
+    for dataset, (config, _, count) in CHEMPILE.items():
+        parts = 2 if dataset == "chempile-paper" else 1
+        for split, total in (("train", n(count)), ("val", n(20)), ("test", n(20))):
+            k = parts if split == "train" else 1
+            r = Rand(seed, f"{dataset}-{split}")
+            chem = chempile_rows(r, dataset, total, split)
+            step = -(-len(chem) // k)
+            for i in range(k):
+                rel = f"chempile/{dataset}/{config}/{parquet_name(split, i, k)}"
+                write_parquet(place(rel), chem[i * step : (i + 1) * step], 128, "zstd")
+    # HuggingFaceFW/fineweb: data/CC-MAIN-*/, and sample/10BT/ repeating documents of data/
+    fineweb: list[dict] = []
     for dump in ("CC-MAIN-2023-50", "CC-MAIN-2024-10"):
-        write_parquet(
-            place(f"fineweb/data/{dump}/000_00000.parquet"),
-            list(fineweb_rows(Rand(seed, dump), dump, n(1500))),
-            256,
-            "snappy",
-        )
+        dump_rows = list(fineweb_rows(Rand(seed, dump), dump, n(1500)))
+        fineweb += dump_rows
+        write_parquet(place(f"fineweb/data/{dump}/000_00000.parquet"), dump_rows, 256, "snappy")
+    write_parquet(place("fineweb/sample/10BT/000_00000.parquet"), fineweb[::50], 256, "snappy")
+    # mlfoundations/dclm-baseline-1.0: global-shard_NN_of_10/local-shard_N_of_10/*.jsonl.zstd
     for i in range(2):
         rel = f"dclm/global-shard_01_of_10/local-shard_0_of_10/shard_{i:08d}_processed.jsonl.zstd"
         write_jsonl_zst(place(rel), rows(f"dclm{i}", dclm_records, 1800), frames=1)
     write_checksums(out, files)
     return files
+
+
+def training_files(files: list[Path], out: Path) -> list[Path]:
+    """The files read by default (`mixer.ingest.select`): no held-out split, no sample/."""
+    from mixer.ingest.select import held_out_split
+
+    return [p for p in files if held_out_split(p.relative_to(out).as_posix()) is None]
 
 
 def write_checksums(out: Path, files: list[Path]) -> None:
@@ -1313,7 +1393,7 @@ def main(argv: list[str] | None = None) -> None:
     files = generate(args.out, args.seed, args.scale)
     print(f"wrote {len(files)} files under {args.out}")
     if not args.no_tokenizer:
-        train_tokenizer(files, args.tokenizer)
+        train_tokenizer(training_files(files, args.out), args.tokenizer)
         print(f"wrote {args.tokenizer}")
 
 

@@ -40,13 +40,53 @@ def test_recipe_runs_and_hits_its_fractions(tmp_path, pipeline, capsys):
         assert exported.num_documents == report["blocks"]
 
 
-def test_musicpile_recipe_keeps_only_music_sources(tmp_path, capsys):
+def test_recipe_stores_read_only_training_files_of_the_datasets_they_name(tmp_path, capsys):
+    """Every store names its datasets and reads no held-out split or FineWeb sample/ file,
+    although the samples hold them; MusicPile is read unfiltered (its src values are not
+    documented)."""
+    from mixer.ingest.select import held_out_split
+    from mixer.pipeline import load_pipeline
+
+    samples = Path(__file__).parent.parent / "pipelines" / "samples"
+    for pipeline in RECIPES:
+        for name, table in load_pipeline(str(pipeline))["stores"].items():
+            assert table["datasets"] and table["include"], (pipeline.stem, name)
+            assert "where" not in table, (pipeline.stem, name)
     pipeline = next(p for p in RECIPES if p.stem == "spt-musicpile")
     with pytest.raises(SystemExit):
         main(["run", str(pipeline), "--out", str(tmp_path), "--workers", "0", "--no-progress"])
-    manifest = TokenStore.open(tmp_path / "stores" / "musicpile").manifest
-    assert manifest["filtered"] > 0
-    assert manifest["job"]["where"]
+    for name in ("web", "musicpile"):
+        manifest = TokenStore.open(tmp_path / "stores" / name).manifest
+        read = [Path(u).relative_to(samples).as_posix() for u in manifest["job"]["inputs"]]
+        assert read and not any(held_out_split(r.split("/", 1)[1]) for r in read), read
+        assert manifest["filtered"] == 0 and not manifest["job"]["where"]
+    web = TokenStore.open(tmp_path / "stores" / "web").manifest["job"]["inputs"]
+    assert {Path(u).relative_to(samples).parts[0] for u in web} == {"fineweb", "dclm"}
+
+
+def test_input_roots_replace_the_samples_and_repeat_for_several_datasets(tmp_path, capsys):
+    pipeline = next(p for p in RECIPES if p.stem == "spt-chempile")
+    chempile = Path(__file__).parent.parent / "pipelines" / "samples" / "chempile"
+    args = ["run", str(pipeline), "--out", str(tmp_path), "--workers", "0", "--no-progress"]
+    with pytest.raises(SystemExit) as done:
+        main(args + ["--input", f"chempile={chempile / 'chempile-education'}"])
+    err = capsys.readouterr().err
+    assert done.value.code == 1
+    assert "chemistry_stackexchange-raw_data/train-*.parquet" in err and "matches no file" in err
+    assert "jablonkagroup/chempile-reasoning" in err
+    with pytest.raises(SystemExit) as done:
+        main(
+            args
+            + ["--input", f"chempile={chempile / 'chempile-education'}"]
+            + ["--input", f"chempile={chempile / 'chempile-reasoning'}"]
+        )
+    assert done.value.code == 0, capsys.readouterr().err
+    inputs = TokenStore.open(tmp_path / "stores" / "chempile").manifest["job"]["inputs"]
+    assert [Path(u).parent.name for u in inputs] == [
+        "LibreText_Chemistry-default",
+        "chemistry_stackexchange-raw_data",
+    ]
+    assert all(Path(u).name.startswith("train-") for u in inputs)
 
 
 def test_relative_out_dir_is_relative_to_the_working_directory(tmp_path, monkeypatch, capsys):

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from mixer.ingest.select import held_out_split
+
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 SAMPLES = PIPELINES / "samples"
 TOKENIZER = PIPELINES / "tokenizer.json"
@@ -117,58 +119,87 @@ def test_generation_is_byte_deterministic_for_a_seed_and_changes_with_it(tmp_pat
     assert texts["a"] != texts["c"]
 
 
-def test_proofpile_meta_is_a_json_string_naming_the_set():
-    files = sorted(SAMPLES.glob("proofpile/train/proofpile_train_*.jsonl.gz"))
-    assert len(files) == 2
-    sets = set()
-    for path in files:
+def test_proofpile_has_train_dev_test_with_meta_objects_as_in_the_raw_files():
+    assert sorted(
+        p.relative_to(SAMPLES / "proofpile").as_posix() for p in SAMPLES.glob("proofpile/**/*.gz")
+    ) == [
+        "dev/proofpile_dev.jsonl.gz",
+        "test/proofpile_test.jsonl.gz",
+        "train/proofpile_train_0.jsonl.gz",
+        "train/proofpile_train_1.jsonl.gz",
+    ]
+    kinds = set()
+    for path in SAMPLES.glob("proofpile/**/*.jsonl.gz"):
         for record in read_records(path):
             assert set(record) == {"text", "meta"}
-            assert isinstance(record["meta"], str)
-            sets.add(json.loads(record["meta"])["set_name"])
-    assert sets == {"arxiv", "formal"}
+            meta = record["meta"]
+            assert isinstance(meta, dict) and meta["file"]
+            kinds.add(meta.get("config") or meta["subset_name"])
+    assert kinds == {"arxiv", "curated"}
 
 
-def test_proof_pile_2_files_are_several_zstd_frames_with_meta_objects():
-    files = sorted(SAMPLES.glob("proof-pile-2/**/*.jsonl.zst"))
-    assert len(files) == 3
-    for path in files:
+def test_proof_pile_2_subsets_have_train_validation_test_folders_of_flat_files():
+    root = SAMPLES / "proof-pile-2"
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jsonl.zst"))
+    assert {f.split("/")[0] for f in files} == {"arxiv", "algebraic-stack", "open-web-math"}
+    assert {f.split("/")[1] for f in files} == {"train", "validation", "test"}
+    assert all(f.count("/") == 2 for f in files)  # no language folders inside a split
+    assert "algebraic-stack/train/github-lean-train-0000.jsonl.zst" in files
+    assert "algebraic-stack/train/python0000.jsonl.zst" in files
+    assert "open-web-math/validation/val.jsonl.zst" in files
+    for path in root.rglob("*.jsonl.zst"):
         assert zstd_frames(path.read_bytes()) >= 2, path
         records = read_records(path)
         assert all(set(r) == {"text", "meta"} and isinstance(r["meta"], dict) for r in records)
 
 
-def test_musicpile_mixes_music_and_other_sources_over_several_row_groups():
-    files = sorted(SAMPLES.glob("musicpile/data/train-*-of-00002.parquet"))
+def test_musicpile_has_card_columns_and_marks_its_src_values_as_made_up():
+    files = sorted(SAMPLES.glob("musicpile/data/train-*-of-00002-*.parquet"))
     assert len(files) == 2
-    sources = set()
+    assert all(len(p.stem.rsplit("-", 1)[1]) == 16 for p in files)  # Hub-style hash suffix
+    sources, ids = set(), []
     for path in files:
         pf = pq.ParquetFile(path)
-        assert pf.schema_arrow.names == ["id", "text", "src"]
+        assert [(f.name, str(f.type)) for f in pf.schema_arrow] == [
+            ("id", "int64"),
+            ("text", "string"),
+            ("src", "string"),
+        ]
         assert pf.metadata.num_row_groups >= 3
         for row in pf.read().to_pylist():
+            ids.append(row["id"])
             sources.add(row["src"])
-            if row["src"] in ("abc", "irishman"):
+            kind = row["src"].removeprefix(make_samples.SRC_PREFIX)
+            if kind in ("abc", "irishman"):
                 assert all(f"\n{h}:" in row["text"] for h in "TMLK") and "X:" in row["text"]
-            if row["src"] == "kern":
+            if kind == "kern":
                 assert "**kern" in row["text"]
-    assert sources == set(make_samples.MUSIC_SOURCES) | set(make_samples.OTHER_SOURCES)
+    assert ids == list(range(len(ids)))
+    assert all(s.startswith("synthetic:") for s in sources)
+    kinds = set(make_samples.MUSIC_SOURCES) | set(make_samples.OTHER_SOURCES)
+    assert sources == {f"synthetic:{k}" for k in kinds}
 
 
-def test_chempile_files_are_named_by_the_subset_their_rows_belong_to():
-    files = sorted(SAMPLES.glob("chempile/chempile-*.parquet"))
-    subsets = set()
-    for path in files:
-        rows = read_records(path)
-        subset = path.name.rsplit("-", 1)[0]
-        assert {r["subset"] for r in rows} == {subset}
-        subsets.add(subset)
-    assert subsets == {f"chempile-{s}" for s in ("paper", "reasoning", "instruction", "education")}
+def test_chempile_datasets_have_one_folder_per_config_with_split_files():
+    root = SAMPLES / "chempile"
+    for dataset, (config, _, _) in make_samples.CHEMPILE.items():
+        names = sorted(p.name for p in (root / dataset / config).iterdir())
+        splits = {n.split("-")[0] for n in names}
+        assert splits == {"train", "val", "test"}, dataset
+        for path in (root / dataset / config).iterdir():
+            rows = read_records(path)
+            assert rows and all(isinstance(r["text"], str) and r["text"] for r in rows)
+            if dataset == "chempile-reasoning":
+                assert {"title", "q", "a", "split", "text"} <= set(rows[0])
+                assert {r["split"] for r in rows} == {path.name.split("-")[0]}
 
 
 def test_fineweb_files_have_fineweb_columns_and_sit_under_their_dump():
     files = sorted(SAMPLES.glob("fineweb/data/CC-MAIN-*/*.parquet"))
     assert len(files) == 2
+    sample = read_records(SAMPLES / "fineweb/sample/10BT/000_00000.parquet")
+    full = {r["id"]: r for path in files for r in read_records(path)}
+    assert sample and all(full[r["id"]] == r for r in sample)  # sample/ repeats documents
     for path in files:
         schema = pq.read_schema(path)
         assert schema.names == [
@@ -227,6 +258,8 @@ def test_web_text_is_about_sixty_percent_of_the_sample_tokens():
     tokenizer = Tokenizer.from_file(str(TOKENIZER))
     tokens: dict[str, int] = {}
     for rel in checksums(SAMPLES)[1]:
+        if held_out_split(rel.split("/", 1)[1]) is not None:
+            continue  # what the recipes read
         texts = [r["text"] for r in read_records(SAMPLES / rel)[::10]]
         n = sum(len(e.ids) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False))
         domain = rel.split("/")[0]

@@ -39,7 +39,9 @@ from mixer.ingest.encoders import (
 from mixer.ingest.executors import run_in_process, run_on_ray, use_ray
 from mixer.ingest.files import FORMATS
 from mixer.ingest.job import BACKENDS, TokenizeJob
+from mixer.ingest.matches import check_inputs
 from mixer.ingest.progress import Progress
+from mixer.ingest.select import Selection, SelectionReport
 from mixer.ingest.task import PARTIAL_DIR, TaskSpec, task_key
 from mixer.store import cache, remote
 from mixer.store.format import MANIFEST, dtype_for_vocab, json_bytes, write_json_atomic
@@ -155,7 +157,13 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         where=tuple(where.parse_where(w) for w in job.where),
         storage_options=job.storage_options,
     )
-    files = inputs.expand_inputs(list(job.inputs), job.format, job.storage_options)
+    selection = Selection(tuple(job.include), tuple(job.exclude), job.all_splits)
+    chosen = SelectionReport()
+    files = inputs.expand_inputs(
+        list(job.inputs), job.format, job.storage_options, selection, chosen
+    )
+    if (line := chosen.held_out_line()) is not None:
+        print(f"mixer tokenize: {line}", file=sys.stderr)
     tasks = inputs.plan_tasks(files, job.chunk_bytes, options)
     job_options = {
         "text_field": job.text_field,
@@ -214,7 +222,11 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     finally:
         bar.close()
 
-    shards = [entries[s.name] for s in specs]
+    source_of = {f.url: f.input for f in files}
+    check_inputs(
+        [(source_of[s.task.url], entries[s.name]) for s in specs], options.where, job.text_field
+    )
+    shards = [{k: v for k, v in entries[s.name].items() if k != "probe"} for s in specs]
     skipped: Counter[str] = Counter()
     for entry in shards:
         skipped.update(entry["skipped"])

@@ -17,11 +17,15 @@ from fsspec.implementations.local import LocalFileSystem
 from mixer.errors import MixerError
 from mixer.ingest.files import FORMATS, arrow_errors, check_text_column, detect_format, open_input
 from mixer.ingest.readers import ReadOptions
+from mixer.ingest.select import Selection, SelectionReport, literal_names
 
 _STORE_NAMES = ("manifest.json",)
 
 
 _STORE_SUFFIXES = (".bin", ".idx")
+
+
+_CARD_NAMES = ("readme", "license", "licence")  # README.md, LICENSE.txt next to the data
 
 
 _FOOTER_THREADS = 16
@@ -35,6 +39,8 @@ class InputFile:
     url: str
     size: int
     format: str
+    input: str = field(default="", compare=False)
+    """The input (file, folder or glob, as given) it was found under."""
 
 
 @dataclass(frozen=True)
@@ -84,35 +90,64 @@ def _selected(rel: str, format: str | None) -> bool:
         return False
     if name in _STORE_NAMES or name.endswith(_STORE_SUFFIXES):
         return False
+    if name.lower().split(".")[0] in _CARD_NAMES:  # a dataset card is not corpus
+        return False
     return format is not None or _known(name)
 
 
 def expand_inputs(
-    inputs: list[str], format: str | None = None, storage_options: dict | None = None
+    inputs: list[str],
+    format: str | None = None,
+    storage_options: dict | None = None,
+    selection: Selection | None = None,
+    report: SelectionReport | None = None,
 ) -> list[InputFile]:
     """Files, directories and globs (local or fsspec URLs) -> the corpus files, in a fixed order.
 
     A file named explicitly is always read. Directories (recursively) and globs take only files
-    with a known extension (any file when `format` is given), skipping dotfiles and token-store
-    files, so that pointing at a data folder does not pick up a README or a store.
+    with a known extension (any file when `format` is given), skipping dotfiles, token-store
+    files and README/LICENSE files, so that pointing at a downloaded dataset does not pick up
+    its card, its `.cache/` or a store; then
+    `selection` (see `mixer.ingest.select`) applies its include/exclude patterns and skips
+    held-out splits, relative to each input's root. Every input must contribute a file and every
+    include pattern must select one: an empty selection is an error, not an empty store.
     """
     if format is not None and format not in FORMATS:
         raise MixerError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+    selection = selection or Selection()
+    report = report if report is not None else SelectionReport()
     seen: set[str] = set()
     files: list[InputFile] = []
+    sample: list[str] = []
     for spec in inputs:
         try:
-            found = _expand_one(spec, format, storage_options or {})
+            found = _expand_one(spec, format, storage_options or {}, selection, report, sample)
         except (FileNotFoundError, PermissionError) as e:
             raise MixerError(f"cannot list input {spec!r}: {e}") from None
         for url, size in sorted(found):
             if url not in seen:
                 seen.add(url)
-                files.append(InputFile(url, size, format or detect_format(url)))
+                files.append(InputFile(url, size, format or detect_format(url), spec))
+    if sample:  # some input was a folder or glob, where patterns apply
+        selection.check_includes(report, list(inputs), sample)
     return files
 
 
-def _expand_one(spec: str, format: str | None, storage_options: dict) -> list[tuple[str, int]]:
+def _static_root(path: str) -> tuple[str, str]:
+    """(folder before the first glob character, the pattern after it) of a glob path."""
+    magic = min(path.index(c) for c in "*?[" if c in path)
+    cut = path.rfind("/", 0, magic)
+    return (path[:cut], path[cut + 1 :]) if cut >= 0 else ("", path)
+
+
+def _expand_one(
+    spec: str,
+    format: str | None,
+    storage_options: dict,
+    selection: Selection,
+    report: SelectionReport,
+    sample: list[str],
+) -> list[tuple[str, int]]:
     fs, path = fsspec.core.url_to_fs(spec, **storage_options)
     local = isinstance(fs, LocalFileSystem)
     if local:
@@ -121,27 +156,52 @@ def _expand_one(spec: str, format: str | None, storage_options: dict) -> list[tu
     def url_of(p: str) -> str:
         return os.path.abspath(p) if local else fs.unstrip_protocol(p)
 
+    root_names: set[str] = set()
     if any(c in path for c in "*?["):
+        root, pattern = _static_root(path)
+        root_names = literal_names(pattern)
         entries = fs.glob(path, detail=True)
         candidates: list[tuple[str, str, int]] = []
         for p, info in entries.items():
+            rel = p[len(root) :].lstrip("/") if p.startswith(root) else p.rsplit("/", 1)[-1]
             if info["type"] == "directory":
-                candidates += _walk(fs, p)
+                candidates += [(q, f"{rel}/{r}", s) for q, r, s in _walk(fs, p)]
             else:
-                candidates.append((p, p.rsplit("/", 1)[-1], info.get("size") or 0))
+                candidates.append((p, rel, info.get("size") or 0))
     elif fs.isdir(path):
         candidates = _walk(fs, path)
     elif fs.isfile(path):
         return [(url_of(path), fs.size(path) or 0)]
     else:
         raise MixerError(f"no input files match {spec!r}: it does not exist")
-    chosen = [(url_of(p), size) for p, rel, size in candidates if _selected(rel, format)]
-    if not chosen:
+    corpus = [(p, rel, size) for p, rel, size in candidates if _selected(rel, format)]
+    if not corpus:
         unknown = [rel for _, rel, _ in candidates if _selected(rel, "any")]
         hint = ""
         if unknown:
             hint = f" (only files of unknown format, e.g. {unknown[0]!r}; use --format)"
         raise MixerError(f"no input files match {spec!r}{hint}")
+    sample += [rel for _, rel, _ in corpus[:3]]
+    before = (sum(report.held_out.values()), report.excluded)
+    chosen = [
+        (url_of(p), size) for p, rel, size in corpus if selection.choose(rel, root_names, report)
+    ]
+    if not chosen:
+        held = sum(report.held_out.values()) - before[0]
+        why = []
+        if report.excluded > before[1]:
+            patterns = [f"--include {p!r}" for p in selection.include]
+            patterns += [f"--exclude {p!r}" for p in selection.exclude]
+            why.append(f"{report.excluded - before[1]:,} by {' '.join(patterns)}")
+        if held:
+            why.append(
+                f"{held:,} in held-out split or sample folders (name the folder in the input "
+                "or an --include pattern, or pass --all-splits)"
+            )
+        raise MixerError(
+            f"no file of {spec!r} is selected: its {len(corpus):,} corpus files (e.g. "
+            f"{corpus[0][1]!r}) are all left out, {'; '.join(why)}"
+        )
     return chosen
 
 

@@ -27,3 +27,6 @@ class TokenizeJob:
     backend: str = "auto"
     storage_options: dict = field(default_factory=dict, hash=False)
     cache_dir: str | None = None  # staging for a URL --out (default: mixer.store.cache's)
+    include: tuple[str, ...] = ()  # globs relative to each input root (mixer.ingest.select)
+    exclude: tuple[str, ...] = ()
+    all_splits: bool = False  # also read val/validation/dev/test/sample folders

@@ -21,6 +21,7 @@ from mixer.ingest.files import (
     decompressed,
     open_input,
 )
+from mixer.ingest.matches import Probe
 from mixer.ingest.where import MISSING, RowFilter, get_field
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class ReadStats:
     filtered: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
     bytes_read: int = 0
+    probe: Probe = field(default_factory=Probe)  # per-input match checks (mixer.ingest.matches)
 
 
 # Reading
@@ -100,21 +102,30 @@ def read_documents(task: Task, options: ReadOptions, stats: ReadStats) -> Iterat
             yield text
 
 
+def read_records(task: Task, options: ReadOptions) -> Iterator[tuple[Any, Any]]:
+    """(line number thunk, record) of a line or txt task, before filters and text fields: a
+    dict, a str (txt), or a bad record (an exception instance); used by `mixer peek`."""
+    stats = ReadStats()
+    if task.format.startswith("txt") and options.txt_mode == "document":
+        return _txt_document(task, options, stats)
+    return _line_records(task, options, stats)
+
+
 def _document(item: Any, options: ReadOptions, stats: ReadStats) -> str | None:
     """The document of one record (a str for txt, a dict otherwise); None when filtered out."""
     if isinstance(item, str):
         text: object = item
         name = "line"
     else:
-        if not all(f.matches(item) for f in options.where):
+        if not stats.probe.admit(item, options.where):
             stats.filtered += 1
             return None
         name = repr(options.text_field)
         text = get_field(item, options.text_field)
-        if text is MISSING:
-            raise _BadRecord("missing_text", f"no field {name}")
-        if text is None:
-            raise _BadRecord("missing_text", f"field {name} is null")
+        if text is MISSING or text is None:
+            stats.probe.text_missing += 1
+            detail = f"no field {name}" if text is MISSING else f"field {name} is null"
+            raise _BadRecord("missing_text", detail)
         if isinstance(text, bytes):
             text = _decode(text)
         if not isinstance(text, str):

@@ -79,6 +79,7 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
         backend=encoder.name,
         skipped=dict(sorted(stats.skipped.items())),
         filtered=stats.filtered,
+        probe=stats.probe.to_json(),  # dropped from the manifest (mixer.ingest.matches)
     )
     record = {"key": spec.key, "entry": entry}
     if spec.url is None:

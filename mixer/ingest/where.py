@@ -42,6 +42,10 @@ class RowFilter:
         actual = get_field(record, self.field)
         if actual is MISSING:
             return False
+        return self.test(actual)
+
+    def test(self, actual: object) -> bool:
+        """Whether a present field value satisfies the condition."""
         op, value = self.op, self.value
         try:
             if op == "==":
