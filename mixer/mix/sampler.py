@@ -435,6 +435,23 @@ class MixSampler:
         amendment = Amendment(at_block, weights)
         return self._with(amendments=(*self.amendments, amendment))
 
+    def weight_caps(self, at_block: int) -> dict[str, float]:
+        """Per source, the largest weight an amendment at `at_block` may give it without
+        breaking its `max_repeats` (1.0 for sources without one); the online policies use it."""
+        p = bisect_right(self._starts, at_block) - 1
+        table = self.phases[p]
+        span = table.start + table.blocks - at_block
+        before = self.source_counts([at_block])[0]
+        caps = {}
+        for s, source in enumerate(self.spec.sources):
+            if source.max_repeats is None:
+                caps[source.name] = 1.0
+                continue
+            after = sum(t.draws[s] for t in self.phases[p + 1 :])
+            room = source.max_repeats * self.source_blocks[s] - int(before[s]) - after - 1
+            caps[source.name] = min(1.0, max(0.0, room / span))
+        return caps
+
     def skipping(self, start_block: int, stop_block: int) -> MixSampler:
         """A sampler whose batch iterators leave out global blocks [start_block, stop_block).
 
