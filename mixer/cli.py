@@ -296,6 +296,61 @@ def mix(
 
 
 @app.command(
+    epilog="Examples:  mixer explain pipelines/example-mix.toml --step 120\n\n"
+    "           mixer explain mix.toml --step 120 --global-batch-size 512 --rank 3 "
+    "--world-size 8 --json",
+)
+def explain(
+    spec: Annotated[str, typer.Argument(help="Mix spec (TOML).")],
+    step: Annotated[int, typer.Option(help="Global step (batch) to explain.")],
+    global_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Blocks per global step (default: the spec's global_batch_size)."),
+    ] = None,
+    rank: Annotated[
+        int | None, typer.Option(help="Only this data-parallel rank's rows (with --world-size).")
+    ] = None,
+    world_size: Annotated[int, typer.Option(help="Data-parallel ranks sharing a step.")] = 1,
+    state: Annotated[
+        str | None,
+        typer.Option(help="A loader state_dict saved as JSON: apply its amendments and skips."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            help="tokenizer.json for text previews (default: the path the store recorded)."
+        ),
+    ] = None,
+    chars: Annotated[int, typer.Option(help="Characters of each document to show.")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what a global step read: per row its source, block, epoch and the documents in it,
+    with the input file and record (line or row) each came from."""
+    from mixer.mix.explain import explain_step, format_rows, load_decoder
+    from mixer.mix.sampler import MixSampler
+    from mixer.mix.spec import MixSpec
+
+    mix_spec = MixSpec.from_toml(spec)
+    sampler = MixSampler(mix_spec)
+    if state is not None:
+        from mixer.mix.steering import apply_state_file
+
+        sampler = apply_state_file(sampler, state)
+    size = global_batch_size or mix_spec.global_batch_size
+    if size is None:
+        raise MixerError("--global-batch-size: needed, the spec gives total_tokens, not steps")
+    decoder = load_decoder(sampler, tokenizer)
+    rows = explain_step(sampler, step, size, rank, world_size, decoder, chars)
+    if as_json:
+        typer.echo(json.dumps({"step": step, "global_batch_size": size, "rows": rows}, indent=2))
+        return
+    typer.echo(
+        f"step {step} (global batch size {size}, blocks [{step * size}, {(step + 1) * size}))"
+    )
+    typer.echo(format_rows(rows))
+
+
+@app.command(
     epilog="Examples:  mixer run pipelines/spt-proofpile.toml --out out/spt\n\n"
     "           mixer run pipelines/spt-proofpile.toml --out out/spt "
     "--input proofpile=s3://bucket/proofpile/",

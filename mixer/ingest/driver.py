@@ -44,7 +44,7 @@ from mixer.ingest.progress import Progress
 from mixer.ingest.select import Selection, SelectionReport
 from mixer.ingest.task import PARTIAL_DIR, TaskSpec, task_key
 from mixer.store import cache, remote
-from mixer.store.format import MANIFEST, dtype_for_vocab, json_bytes, write_json_atomic
+from mixer.store.format import MANIFEST, dtype_for_vocab, json_bytes, shard_files, write_json_atomic
 from mixer.store.reader import read_manifest
 from mixer.store.writer import build_manifest
 
@@ -91,7 +91,7 @@ def reusable(record: Any, spec: TaskSpec, size_of: Callable[[str], int | None]) 
     entry = record.get("entry")
     if not isinstance(entry, dict):
         return None
-    for kind in ("bin", "idx"):
+    for kind in shard_files(entry):
         name = entry.get(kind)
         if not isinstance(name, str) or size_of(name) != entry.get(f"{kind}_bytes"):
             return None

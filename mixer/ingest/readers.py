@@ -59,6 +59,7 @@ class ReadStats:
     filtered: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
     bytes_read: int = 0
+    records: int = 0  # records (lines, rows) read so far, blank and bad ones included
     probe: Probe = field(default_factory=Probe)  # per-input match checks (mixer.ingest.matches)
 
 
@@ -72,8 +73,13 @@ class _BadRecord(Exception):
         self.detail = detail
 
 
-def read_documents(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
-    """Stream the documents of one task, updating `stats` as it goes.
+def read_numbered(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[int, str]]:
+    """Stream (record, document) for one task, updating `stats` as it goes.
+
+    `record` is the document's provenance within the task, 0-based: the line number counted
+    from the task's first line (blank and skipped lines included) for line formats, the row
+    number from the task's first row for parquet, 0 for a whole-file txt document. The task's
+    first record in its file is the sum of `stats.records` over the tasks before it there.
 
     Bad records raise `InputError("file:line: why")` (parquet: `file:row N:`, N 0-based within
     the file) or, with `on_error="skip"`, are counted in `stats.skipped`. A damaged or truncated
@@ -99,7 +105,13 @@ def read_documents(task: Task, options: ReadOptions, stats: ReadStats) -> Iterat
             raise InputError(f"{task.url}:{where()}: {bad.detail}") from None
         if text is not None:
             stats.documents += 1
-            yield text
+            yield stats.records - 1, text
+
+
+def read_documents(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+    """The documents of `read_numbered`, without their record numbers."""
+    for _, text in read_numbered(task, options, stats):
+        yield text
 
 
 def read_records(task: Task, options: ReadOptions) -> Iterator[tuple[Any, Any]]:
@@ -223,6 +235,7 @@ class _Lines:
                 readline = decompress_errors(stream.readline, task.url)
                 while line := readline():
                     self.count += 1
+                    stats.records += 1
                     yield line
                 return
             if start > 0:
@@ -239,6 +252,7 @@ class _Lines:
                 pos += len(line)
                 stats.bytes_read += len(line)
                 self.count += 1
+                stats.records += 1
                 yield line
 
     def lineno(self) -> int:
@@ -278,6 +292,7 @@ def _txt_document(task: Task, options: ReadOptions, stats: ReadStats) -> Iterato
         item = _BadRecord("invalid_utf8", f"invalid UTF-8 at byte {e.start}")
         line = data.count(b"\n", 0, e.start) + 1
     del data
+    stats.records += 1
     yield (lambda: line), item
 
 
@@ -309,6 +324,7 @@ def _parquet_records(
                     break
                 for record in rows:
                     n = row
+                    stats.records += 1
                     yield (lambda n=n: f"row {n}"), record
                     row += 1
             rg = md.row_group(group)

@@ -14,7 +14,7 @@ from mixer.ingest.encoders import (
     make_encoder,
 )
 from mixer.store import cache, remote
-from mixer.store.format import dtype_for_vocab, json_bytes, write_json_atomic
+from mixer.store.format import dtype_for_vocab, json_bytes, shard_files, write_json_atomic
 from mixer.store.writer import ShardWriter
 
 PARTIAL_DIR = ".mixer-partial"  # done records of finished tasks, until the manifest is written
@@ -61,15 +61,17 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
     writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
     try:
         batch: list[str] = []
+        records: list[int] = []  # provenance: each document's record number (NAME.rec)
         chars = 0
-        for text in readers.read_documents(spec.task, spec.options, stats):
+        for record, text in readers.read_numbered(spec.task, spec.options, stats):
             batch.append(text)
+            records.append(record)
             chars += len(text)
             if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
-                writer.add_documents(*encoder.encode_batch(batch))
-                batch, chars = [], 0
+                writer.add_documents(*encoder.encode_batch(batch), records)
+                batch, records, chars = [], [], 0
         if batch:
-            writer.add_documents(*encoder.encode_batch(batch))
+            writer.add_documents(*encoder.encode_batch(batch), records)
         entry = writer.close()
     except BaseException:
         writer.abort()
@@ -79,6 +81,7 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
         backend=encoder.name,
         skipped=dict(sorted(stats.skipped.items())),
         filtered=stats.filtered,
+        input_records=stats.records,
         probe=stats.probe.to_json(),  # dropped from the manifest (mixer.ingest.matches)
     )
     record = {"key": spec.key, "entry": entry}
@@ -93,7 +96,7 @@ def upload_shard(staging: Path, spec: TaskSpec, record: dict) -> None:
     """Upload a finished shard, then its done record, then drop the node-local copy."""
     entry = record["entry"]
     storage_options = spec.options.storage_options
-    names = [entry["bin"], entry["idx"]]
+    names = [entry[kind] for kind in shard_files(entry)]
     remote.upload_files(staging, names, spec.url, storage_options)
     remote.put_bytes(
         f"{spec.url}/{PARTIAL_DIR}/{spec.name}.json",

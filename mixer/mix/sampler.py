@@ -464,6 +464,10 @@ class MixSampler:
         stores = dict(zip(self.source_names, self.stores, strict=True))
         return MixSampler(self.spec, stores, **args)
 
+    def is_skipped(self, start: int, stop: int) -> bool:
+        """Whether any global block in [start, stop) lies in a skipped range."""
+        return any(lo < stop and start < hi for lo, hi in self.skip_blocks)
+
     def skipped_steps(self, global_batch_size: int) -> tuple[tuple[int, int], ...]:
         """Global step ranges [a, b) that hold a skipped block, sorted and disjoint."""
         g = global_batch_size
@@ -522,6 +526,34 @@ class MixSampler:
                     f"({actual[key]} != {expected[key]}): resuming would change data already "
                     f"trained on; restore the original, and change the mix only from {what} on"
                 )
+
+    # -- provenance
+    def provenance(self, i: int) -> list[dict[str, Any]]:
+        """Where global block i came from: one entry per document piece in the block, in order.
+
+        Each has `source`, `document` (index in the source's store), `input` and `record`
+        (`TokenStore.origin`: None for stores written without provenance), `start`/`stop` (the
+        piece's token offsets within the block's seq_len + 1 tokens) and `offset` (where the
+        piece starts within its document)."""
+        s, block, _, _ = self._locate(i)
+        store, name = self.stores[s], self.source_names[s]
+        first = block * self.seq_len
+        last = first + self.seq_len + 1
+        pieces = []
+        for document, begin, end in store.documents_at(first, last):
+            origin = store.origin(document)
+            pieces.append(
+                {
+                    "source": name,
+                    "document": document,
+                    "input": None if origin is None else origin[0],
+                    "record": None if origin is None else origin[1],
+                    "start": max(begin, first) - first,
+                    "stop": min(end, last) - first,
+                    "offset": max(begin, first) - begin,
+                }
+            )
+        return pieces
 
     # -- tokens
     def __getitem__(self, i: int) -> np.ndarray:

@@ -180,10 +180,13 @@ def release_store(url: str, cache_dir: str | os.PathLike | None = None) -> None:
 
 
 def _planned_bytes(manifest: dict) -> int:
+    from mixer.store.format import shard_files
+
     return sum(
-        int(entry.get("bin_bytes") or 0) + int(entry.get("idx_bytes") or 0)
+        int(entry.get(f"{kind}_bytes") or 0)
         for entry in manifest.get("shards", ())
         if isinstance(entry, dict)
+        for kind in shard_files(entry)
     )
 
 
@@ -254,7 +257,7 @@ def fetch_store(
 
     `max_bytes` bounds the cache (default ``$MIXER_CACHE_MAX_BYTES``; see the module docstring).
     """
-    from mixer.store.format import check_manifest, safe_member, write_bytes_atomic
+    from mixer.store.format import check_manifest, safe_member, shard_files, write_bytes_atomic
 
     fs, root = filesystem(url, storage_options)
     local = cached_store_dir(url, cache_dir)
@@ -294,7 +297,7 @@ def fetch_store(
             for entry in manifest["shards"]:
                 if not isinstance(entry, dict):
                     raise StoreError(f"{url}/{MANIFEST}: malformed shard entry {entry!r}")
-                for kind in ("bin", "idx"):
+                for kind in shard_files(entry):
                     target = safe_member(local, entry.get(kind))
                     if target.exists() and target.stat().st_size == entry.get(f"{kind}_bytes"):
                         continue  # verified before it was renamed into place by an earlier fetch

@@ -18,6 +18,11 @@ Layout of a store directory::
     34+4N   8*N       sequence byte offsets into NAME.bin, int64
     34+12N  8*(N+1)   document indices 0..N, int64 (document d is sequences [d, d+1))
 
+``NAME.rec`` (optional: provenance, written by `mixer tokenize`) is one little-endian integer
+per document, uint32 (or uint64 when a value needs it; the manifest's ``rec_dtype``): the
+document's record number within its task, counted from the task's first record (see
+`record_base`). Stores without it open and mix; they just cannot say where a document came from.
+
 Token ids are uint16 when every id fits (vocab <= 65536) and int32 otherwise: Megatron has no
 uint32 code, and int32 holds any real vocabulary.
 
@@ -66,6 +71,44 @@ CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
 
 
 DTYPE_NAMES = {"uint16": np.dtype(np.uint16), "int32": np.dtype(np.int32)}
+
+
+RECORD_DTYPES = {"uint32": np.dtype("<u4"), "uint64": np.dtype("<u8")}
+
+
+def shard_files(entry: dict[str, Any]) -> tuple[str, ...]:
+    """The kinds of file a shard entry lists ("bin", "idx", and "rec" when it has provenance):
+    each has `entry[kind]` (its name), `entry[kind + "_bytes"]` and `entry[kind + "_sha256"]`."""
+    return ("bin", "idx", "rec") if "rec" in entry else ("bin", "idx")
+
+
+def record_base(entries: list[dict[str, Any]]) -> list[int | None]:
+    """Per shard entry, the record number (in its input file) of its task's first record.
+
+    Tasks of one file own consecutive records in the order of their byte range or first row
+    group, and each entry counts what its task read (`input_records`), so the base of a task is
+    the sum over the earlier tasks of the same file. None where that is unknown (no `input` or
+    a task without `input_records`, e.g. a store written before provenance existed).
+    """
+    by_url: dict[str, dict[int, int | None]] = {}
+    keys = []
+    for entry in entries:
+        source = entry.get("input")
+        if not isinstance(source, dict) or not isinstance(source.get("url"), str):
+            keys.append(None)
+            continue
+        start = (source.get("byte_range") or source.get("row_groups") or [0])[0]
+        count = entry.get("input_records")
+        by_url.setdefault(source["url"], {})[int(start)] = count if isinstance(count, int) else None
+        keys.append((source["url"], int(start)))
+    bases: list[int | None] = []
+    for key in keys:
+        if key is None:
+            bases.append(None)
+            continue
+        earlier = [c for start, c in by_url[key[0]].items() if start < key[1]]
+        bases.append(None if None in earlier else sum(earlier))
+    return bases
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:

@@ -17,11 +17,13 @@ from mixer.store import cache, remote
 from mixer.store.format import (
     DTYPE_NAMES,
     MANIFEST,
+    RECORD_DTYPES,
     Index,
     check_manifest,
     encode_index,
     index_size,
     read_index,
+    record_base,
     safe_member,
     sha256_file,
 )
@@ -46,6 +48,17 @@ class Shard:
     bin_path: Path
     idx_path: Path
     entry: dict[str, Any]
+    rec_path: Path | None = None
+
+    @cached_property
+    def records(self) -> np.ndarray | None:
+        """Each document's record number within its task (NAME.rec), or None without one."""
+        if self.rec_path is None:
+            return None
+        n, dtype = int(self.entry["documents"]), RECORD_DTYPES[self.entry["rec_dtype"]]
+        if n == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(self.rec_path, dtype=dtype, mode="r", shape=(n,))
 
     @cached_property
     def index(self) -> Index:
@@ -79,10 +92,14 @@ class TokenStore:
                 raise StoreError(
                     f"{root / MANIFEST}: malformed shard entry {entry!r} ({e})"
                 ) from None
+            rec_path = self._check_records(root, entry, documents)
             self.shards.append(
-                Shard(str(entry.get("name", entry["bin"])), bin_path, idx_path, entry)
+                Shard(str(entry.get("name", entry["bin"])), bin_path, idx_path, entry, rec_path)
             )
-            for path, key in ((bin_path, "bin_bytes"), (idx_path, "idx_bytes")):
+            paths = ((bin_path, "bin_bytes"), (idx_path, "idx_bytes"))
+            if rec_path is not None:
+                paths += ((rec_path, "rec_bytes"),)
+            for path, key in paths:
                 if not path.exists():
                     raise StoreError(f"{path}: shard file listed in the manifest is missing")
                 if key in entry and path.stat().st_size != entry[key]:
@@ -97,6 +114,25 @@ class TokenStore:
         # Cumulative offsets: shard s holds documents [doc_offsets[s], doc_offsets[s+1]) etc.
         self.doc_offsets = np.cumsum([0] + [int(s.entry["documents"]) for s in self.shards])
         self.token_offsets = np.cumsum([0] + [int(s.entry["tokens"]) for s in self.shards])
+
+    @staticmethod
+    def _check_records(root: Path, entry: dict[str, Any], documents: int) -> Path | None:
+        """The shard's provenance file, its manifest fields checked (None when it has none)."""
+        if "rec" not in entry:
+            return None
+        rec_path = safe_member(root, entry["rec"])
+        dtype = RECORD_DTYPES.get(entry.get("rec_dtype"))
+        if dtype is None:
+            raise StoreError(
+                f"{root / MANIFEST}: shard {entry.get('name')!r} rec_dtype "
+                f"{entry.get('rec_dtype')!r} is not one of {list(RECORD_DTYPES)}"
+            )
+        if entry.get("rec_bytes") != documents * dtype.itemsize:
+            raise StoreError(
+                f"{root / MANIFEST}: shard {entry.get('name')!r} rec_bytes "
+                f"{entry.get('rec_bytes')!r} is not {documents} documents of {entry['rec_dtype']}"
+            )
+        return rec_path
 
     @classmethod
     def open(
@@ -183,11 +219,56 @@ class TokenStore:
             s += 1
         return np.concatenate(found) if found else np.zeros(0, np.int64)
 
+    # -- provenance
+    @cached_property
+    def _record_bases(self) -> list[int | None]:
+        return record_base([s.entry for s in self.shards])
+
+    @property
+    def has_provenance(self) -> bool:
+        """Whether every shard records where its documents came from."""
+        return all(s.rec_path is not None for s in self.shards) and None not in self._record_bases
+
+    def origin(self, i: int) -> tuple[str, int] | None:
+        """(input URL, record) of document i: the 0-based line of the decompressed file for line
+        formats (blank and skipped lines counted), the 0-based row for parquet, 0 for a whole
+        txt file. None when the store does not record it."""
+        if not 0 <= i < self.num_documents:
+            raise IndexError(f"document {i} out of range for {self.num_documents} documents")
+        s = bisect.bisect_right(self.doc_offsets, i) - 1
+        shard, base = self.shards[s], self._record_bases[s]
+        if shard.records is None or base is None:
+            return None
+        return shard.entry["input"]["url"], base + int(shard.records[i - int(self.doc_offsets[s])])
+
+    def documents_at(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """(document, first token, end token) in stream offsets for every non-empty document
+        that overlaps tokens [start, stop), in order."""
+        if not 0 <= start < stop <= self.num_tokens:
+            raise IndexError(f"token range [{start}, {stop}) outside [0, {self.num_tokens})")
+        out = []
+        size = self.dtype.itemsize
+        s = bisect.bisect_right(self.token_offsets, start) - 1
+        while s < len(self.shards) and int(self.token_offsets[s]) < stop:
+            base, index = int(self.token_offsets[s]), self.shards[s].index
+            lo = max(int(np.searchsorted(index.pointers, (start - base) * size, "right")) - 1, 0)
+            hi = int(np.searchsorted(index.pointers, (stop - base) * size, "left"))
+            for k in range(lo, hi):
+                first = base + int(index.pointers[k]) // size
+                end = first + int(index.lengths[k])
+                if end > start and first < stop and end > first:
+                    out.append((int(self.doc_offsets[s]) + k, first, end))
+            s += 1
+        return out
+
     # -- integrity
     def verify(self) -> None:
         """Recompute checksums and re-check every index; raise StoreError on the first fault."""
         for shard in self.shards:
-            for path, key in ((shard.bin_path, "bin_sha256"), (shard.idx_path, "idx_sha256")):
+            files = [(shard.bin_path, "bin_sha256"), (shard.idx_path, "idx_sha256")]
+            if shard.rec_path is not None:
+                files.append((shard.rec_path, "rec_sha256"))
+            for path, key in files:
                 if key not in shard.entry:
                     raise StoreError(f"{self.root}: shard {shard.name} has no {key}")
                 actual = sha256_file(path)

@@ -136,12 +136,12 @@ def upload_store(
     attempts: int | None = None,
 ) -> None:
     """Upload a finished local store to `url`: every shard file first, `manifest.json` last."""
-    from mixer.store.format import safe_member
+    from mixer.store.format import safe_member, shard_files
     from mixer.store.reader import read_manifest
 
     local = Path(local)
     manifest = read_manifest(local)
-    names = [name for entry in manifest["shards"] for name in (entry["bin"], entry["idx"])]
+    names = [entry[kind] for entry in manifest["shards"] for kind in shard_files(entry)]
     for name in names:
         safe_member(local, name)
     upload_files(local, [*names, MANIFEST], url, storage_options, attempts)

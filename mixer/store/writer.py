@@ -14,6 +14,7 @@ from mixer.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
+    RECORD_DTYPES,
     dtype_for_vocab,
     encode_index,
     write_bytes_atomic,
@@ -36,11 +37,23 @@ class ShardWriter:
         self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._digest = hashlib.sha256()
         self._lengths: list[np.ndarray] = []
+        self._records: list[np.ndarray] = []
         self.num_tokens = 0
         self.num_documents = 0
 
-    def add_documents(self, lengths: np.ndarray, tokens: np.ndarray) -> None:
-        """Append documents given as their lengths and their concatenated token ids."""
+    def add_documents(
+        self, lengths: np.ndarray, tokens: np.ndarray, records: np.ndarray | None = None
+    ) -> None:
+        """Append documents given as their lengths and their concatenated token ids, and
+        optionally each one's record number (provenance: written to NAME.rec on close); a
+        shard gets records for all of its documents or for none."""
+        if (records is None) != (not self._records) and self.num_documents:
+            raise StoreError(f"{self.name}: record numbers given for some documents only")
+        if records is not None:
+            records = np.asarray(records, dtype=np.int64)
+            if records.shape != np.shape(lengths) or (records.size and records.min() < 0):
+                raise StoreError(f"{self.name}: need one record number >= 0 per document")
+            self._records.append(records)
         tokens = np.asarray(tokens)
         if len(tokens) and (tokens.min() < 0 or tokens.max() > np.iinfo(self.dtype).max):
             # A cast would wrap silently and corrupt the store; refuse instead.
@@ -63,6 +76,7 @@ class ShardWriter:
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
         idx_bytes = encode_index(lengths, self.dtype)
         bin_name, idx_name = f"{self.name}.bin", f"{self.name}.idx"
+        provenance = self._write_records() if self._records else {}
         write_bytes_atomic(self.root / idx_name, idx_bytes)
         os.replace(self._bin_tmp, self.root / bin_name)
         return {
@@ -75,6 +89,19 @@ class ShardWriter:
             "idx_bytes": len(idx_bytes),
             "bin_sha256": self._digest.hexdigest(),
             "idx_sha256": hashlib.sha256(idx_bytes).hexdigest(),
+            **provenance,
+        }
+
+    def _write_records(self) -> dict[str, Any]:
+        records = np.concatenate(self._records)
+        name = "uint32" if not records.size or records.max() < 1 << 32 else "uint64"
+        data = records.astype(RECORD_DTYPES[name]).tobytes()
+        write_bytes_atomic(self.root / f"{self.name}.rec", data)
+        return {
+            "rec": f"{self.name}.rec",
+            "rec_dtype": name,
+            "rec_bytes": len(data),
+            "rec_sha256": hashlib.sha256(data).hexdigest(),
         }
 
     def abort(self) -> None:

@@ -1,0 +1,123 @@
+"""What did step N read: the rows of a global batch, their blocks and the documents in them.
+
+`explain_step` is what `mixer explain SPEC --step N` prints; every row lists the documents whose
+pieces fill its `seq_len + 1` tokens, with the input file and record each came from
+(`MixSampler.provenance`) and, given the tokenizer, the first characters of the document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from mixer.errors import MixerError
+from mixer.mix.sampler import MixSampler
+
+PREVIEW_TOKENS = 48  # tokens decoded per document for its preview
+
+
+def load_decoder(sampler: MixSampler, tokenizer: str | os.PathLike | None) -> Any | None:
+    """A `tokenizers.Tokenizer` for previews: `tokenizer`, else the path the stores recorded
+    when it still holds the same tokenizer.json (sha256); None when neither is available."""
+    from tokenizers import Tokenizer
+
+    expected = sampler.stores[0].tokenizer_sha256
+    candidates = (
+        [tokenizer]
+        if tokenizer is not None
+        else [sampler.stores[0].manifest["tokenizer"].get("name")]
+    )
+    for candidate in candidates:
+        if not candidate:
+            continue
+        path = Path(candidate)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            if tokenizer is not None:
+                raise MixerError(f"--tokenizer {tokenizer}: no tokenizer.json there")
+            continue
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != expected:
+            if tokenizer is not None:
+                raise MixerError(
+                    f"--tokenizer {tokenizer}: not the tokenizer the stores were built with "
+                    f"(sha256 {expected[:12]}…)"
+                )
+            continue
+        return Tokenizer.from_str(raw.decode("utf-8"))
+    return None
+
+
+def explain_step(
+    sampler: MixSampler,
+    step: int,
+    global_batch_size: int,
+    rank: int | None = None,
+    world_size: int = 1,
+    decoder: Any | None = None,
+    chars: int = 60,
+) -> list[dict[str, Any]]:
+    """Rows of global batch `step` (only rank `rank`'s slice when given), each with its global
+    block index, source, block, epoch, phase and documents (`MixSampler.provenance`, plus a
+    `text` preview when a decoder is given)."""
+    steps = sampler.num_batches(global_batch_size)
+    if not 0 <= step < steps:
+        raise MixerError(
+            f"--step: {step} outside [0, {steps}) for global batch size {global_batch_size}"
+        )
+    if global_batch_size % world_size:
+        raise MixerError(
+            f"--world-size: {world_size} does not divide the global batch size {global_batch_size}"
+        )
+    per_rank = global_batch_size // world_size
+    first = step * global_batch_size
+    rows = range(first, first + global_batch_size)
+    if rank is not None:
+        if not 0 <= rank < world_size:
+            raise MixerError(f"--rank: {rank} outside [0, {world_size}) (--world-size)")
+        rows = range(first + rank * per_rank, first + (rank + 1) * per_rank)
+    out = []
+    for i in rows:
+        ref = sampler.locate(i)
+        documents = sampler.provenance(i)
+        if decoder is not None:
+            store = sampler.stores[sampler.source_names.index(ref.source)]
+            for piece in documents:
+                ids = store.document(piece["document"])[:PREVIEW_TOKENS].tolist()
+                piece["text"] = decoder.decode(ids)[:chars]
+        out.append(
+            {
+                "row": i - first,
+                "rank": (i - first) // per_rank,
+                "index": i,
+                "source": ref.source,
+                "block": ref.block,
+                "epoch": ref.epoch,
+                "phase": ref.phase,
+                "skipped": sampler.is_skipped(i, i + 1),
+                "documents": documents,
+            }
+        )
+    return out
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The text `mixer explain` prints: one line per row, one indented line per document."""
+    lines = []
+    for row in rows:
+        skipped = "  (skipped)" if row["skipped"] else ""
+        lines.append(
+            f"row {row['row']} (rank {row['rank']}, block {row['index']}): {row['source']} "
+            f"block {row['block']} epoch {row['epoch']} phase {row['phase']}{skipped}"
+        )
+        for d in row["documents"]:
+            where = "no provenance" if d["input"] is None else f"{d['input']}:{d['record']}"
+            text = f"  {d['text']!r}" if "text" in d else ""
+            lines.append(
+                f"    [{d['start']:>5}, {d['stop']:>5}) document {d['document']} "
+                f"(from token {d['offset']}) {where}{text}"
+            )
+    return "\n".join(lines)
