@@ -201,7 +201,7 @@ def test_manifest_is_uploaded_last_and_a_rerun_reuses_the_uploaded_shards(
     uploaded: list[str] = []
 
     def fail_after_first_shard(rpath: str) -> None:
-        if len(uploaded) == 3:  # shard-00000.bin, .idx, then shard-00001.bin; then the link dies
+        if len(uploaded) == 4:  # shard-00000.bin, .idx, .rec, shard-00001.bin; then the link dies
             raise OSError("connection reset (injected)")
         uploaded.append(rpath)
 
@@ -292,10 +292,11 @@ def test_concurrent_readers_download_each_file_once(
     for t in threads:
         t.join()
     assert not errors
-    assert sorted(calls) == sorted(set(calls)) and len(calls) == 2 * manifest["num_shards"]
+    # .bin, .idx and .rec (provenance) of every shard
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 3 * manifest["num_shards"]
     assert documents(stores[0]) == documents(stores[1])
     TokenStore.open(prefix, storage_options=options)  # warm cache: nothing downloaded again
-    assert len(calls) == 2 * manifest["num_shards"]
+    assert len(calls) == 3 * manifest["num_shards"]
 
 
 def test_sampler_over_an_s3_store_matches_the_local_store(tmp_path, tokenizer_path, s3, prefix):
