@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -43,7 +45,8 @@ def test_state_dict_after_k_batches_resumes_at_batch_k(sampler, stop_after):
     first = BatchIterator(sampler, batch_size=6)
     seen = [b["tokens"] for _, b in zip(range(stop_after), first, strict=False)]
     state = first.state_dict()
-    assert state == {"step": stop_after, "global_batch_size": 6}
+    assert (state["step"], state["global_batch_size"]) == (stop_after, 6)
+    assert json.loads(json.dumps(state)) == state
     resumed = BatchIterator(sampler, batch_size=6)
     resumed.load_state_dict(state)
     assert len(resumed) == len(uninterrupted) - stop_after

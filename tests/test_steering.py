@@ -290,3 +290,147 @@ def test_loaders_leave_out_the_spec_s_skipped_steps(stores):
     for workers in (0, 2):
         loader = MixedDataLoader(MixedIterableDataset(sampler, batch_size=4), num_workers=workers)
         assert [int(b["step"]) for b in loader] == expected
+
+
+# ---------------------------------------------------------------------------- live loaders
+
+
+def steered_run(sampler: MixSampler, batch_size: int = 4, save_at: int = 15):
+    """A run that sets weights at step 10 (after step 7) and skips 20-24 (after step 12)."""
+    from mixer.mix.loader import BatchIterator
+
+    it = BatchIterator(sampler, batch_size=batch_size)
+    out, saved = {}, None
+    for batch in it:
+        out[batch["step"]] = batch["tokens"]
+        if batch["step"] == 7:
+            it.set_weights({"code": 0.25, "math": 0.75}, at_step=10)
+        if batch["step"] == 12:
+            it.skip_steps(20, 25)
+        if batch["step"] == save_at - 1:
+            saved = json.loads(json.dumps(it.state_dict()))
+    return out, saved, it
+
+
+def test_set_weights_changes_the_mix_from_its_step_and_a_fresh_loader_resumes_identically(stores):
+    from mixer.mix.loader import BatchIterator
+
+    spec = steps_spec(stores)
+    plain = {b["step"]: b for b in BatchIterator(MixSampler(spec), batch_size=4)}
+    out, saved, it = steered_run(MixSampler(spec))
+    assert sorted(out) == [s for s in range(50) if not 20 <= s < 25]
+    for step in range(10):
+        assert np.array_equal(out[step], plain[step]["tokens"])
+    assert not any(np.array_equal(out[s], plain[s]["tokens"]) for s in range(10, 14))
+    web = it.sampler.source_names.index("web")
+    refs = it.sampler.locate_many(np.arange(40, 200))
+    assert web not in refs.source.tolist()
+    assert [t.name for t in it.sampler.phases] == ["main", "main@40"]
+    assert saved["steering"] == {
+        "amendments": [{"at_block": 40, "weights": {"code": 0.25, "math": 0.75}}],
+        "skip_blocks": [[80, 100]],
+    }
+    fresh = BatchIterator(MixSampler(spec), batch_size=4)  # from the original spec
+    fresh.load_state_dict(saved)
+    resumed = {b["step"]: b["tokens"] for b in fresh}
+    assert sorted(resumed) == [s for s in sorted(out) if s >= 15]
+    assert all(np.array_equal(resumed[s], out[s]) for s in resumed)
+
+
+def test_steering_the_past_is_refused_in_one_line(stores):
+    from mixer.mix.loader import BatchIterator
+
+    it = BatchIterator(MixSampler(steps_spec(stores)), batch_size=4)
+    for _ in zip(range(6), it, strict=False):
+        pass
+    for call in (lambda: it.set_weights({"web": 1.0}, at_step=5), lambda: it.skip_steps(3, 9)):
+        with pytest.raises(MixerError) as info:
+            call()
+        assert "is not in [6, 50): steps before 6 were already handed out" in str(info.value)
+    it.set_weights({"web": 1.0}, at_step=6)  # the next step is still open
+
+
+def test_resuming_with_a_spec_edited_in_the_past_is_refused_and_in_the_future_accepted(stores):
+    from mixer.mix.loader import BatchIterator
+
+    out, saved, _ = steered_run(MixSampler(steps_spec(stores)))
+    edited = steps_spec(stores).to_dict()
+    edited["source"][0]["weight"], edited["source"][1]["weight"] = 0.4, 0.4
+    fresh = BatchIterator(MixSampler(MixSpec.from_dict(edited)), batch_size=4)
+    with pytest.raises(MixerError, match="fingerprint: the spec's plan .* before step 15 differs"):
+        fresh.load_state_dict(saved)
+    later = {"name": "late", "start_step": 45, "weights": {"web": 1.0}}
+    future = BatchIterator(MixSampler(steps_spec(stores, [later])), batch_size=4)
+    future.load_state_dict(saved)
+    resumed = {b["step"]: b["tokens"] for b in future}
+    assert all(np.array_equal(resumed[s], out[s]) for s in resumed if s < 45)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_torch_loader_applies_weights_at_the_same_step_on_every_worker(stores, workers):
+    from mixer.mix.torch import MixedDataLoader, MixedIterableDataset
+
+    spec = steps_spec(stores)
+    expected, saved, _ = steered_run(MixSampler(spec))
+    loader = MixedDataLoader(
+        MixedIterableDataset(MixSampler(spec), batch_size=4), num_workers=workers
+    )
+    got = {}
+    for batch in loader:  # workers prefetch ahead; steering restarts them from the next step
+        step = int(batch["step"])
+        got[step] = batch["tokens"].numpy()
+        if step == 7:
+            loader.set_weights({"code": 0.25, "math": 0.75}, at_step=10)
+        if step == 12:
+            loader.skip_steps(20, 25)
+        if step == 14:
+            state = loader.state_dict()
+    assert sorted(got) == sorted(expected)
+    assert all(np.array_equal(got[s], expected[s].astype(np.int64)) for s in got)
+    assert state == saved
+    fresh = MixedDataLoader(
+        MixedIterableDataset(MixSampler(spec), batch_size=4), num_workers=workers
+    )
+    fresh.load_state_dict(state)
+    resumed = {int(b["step"]): b["tokens"].numpy() for b in fresh}
+    assert all(np.array_equal(resumed[s], got[s]) for s in resumed) and min(resumed) == 15
+
+
+def test_an_online_policy_through_the_loader_is_deterministic_and_resumes(stores):
+    from mixer.mix.loader import BatchIterator
+    from mixer.mix.policy import ExcessLossPolicy
+
+    spec = steps_spec(stores)
+    row_loss = np.array([1.0, 1.0, 4.0])  # math looks hardest: the policy moves weight to it
+
+    def run(state=None, stop=None):
+        it = BatchIterator(MixSampler(spec), batch_size=4)
+        it.set_policy(
+            ExcessLossPolicy(
+                it.sampler.source_names,
+                {"web": 0.5, "code": 0.3, "math": 0.2},
+                every=5,
+                max_change=0.2,
+            )
+        )
+        if state is not None:
+            it.load_state_dict(json.loads(json.dumps(state)))
+        out, saved = {}, None
+        for batch in it:
+            ids = batch["source"]
+            sums = np.bincount(ids, row_loss[ids], minlength=3)
+            it.report_loss(batch["step"], sums, np.bincount(ids, minlength=3))
+            out[batch["step"]] = batch["tokens"]
+            if batch["step"] == stop:
+                saved = it.state_dict()
+        return out, saved, it
+
+    first, saved, it = run(stop=22)
+    again, _, _ = run()
+    assert all(np.array_equal(first[s], again[s]) for s in first)
+    assert len(it.sampler.amendments) == 9  # after steps 4, 9, ..., 44
+    assert it.sampler.phases[-1].targets[2] > 0.9
+    assert saved["policy"]["updates"] == 4
+    resumed, _, _ = run(state=saved)
+    assert sorted(resumed) == list(range(23, 50))
+    assert all(np.array_equal(resumed[s], first[s]) for s in resumed)

@@ -34,7 +34,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -459,6 +459,12 @@ class MixSampler:
         is unchanged. A global batch that holds any skipped block is skipped whole."""
         return self._with(skip_blocks=(*self.skip_blocks, (start_block, stop_block)))
 
+    def unsteered(self) -> MixSampler:
+        """This sampler without amendments or skips beyond the spec's (the same stores)."""
+        if not self.amendments and self.skip_blocks == self.spec.skip_blocks:
+            return self
+        return self._with(amendments=(), skip_blocks=())
+
     def _with(self, **changes: Any) -> MixSampler:
         args = {"amendments": self.amendments, "skip_blocks": self.skip_blocks, **changes}
         stores = dict(zip(self.source_names, self.stores, strict=True))
@@ -506,11 +512,16 @@ class MixSampler:
             "sources": [list(x) for x in zip(self.source_names, self.source_blocks, strict=True)],
             "phases": phases,
         }
-        stores = [
-            [str(e.get("bin_sha256", e.get("tokens"))) for e in st.manifest["shards"]]
-            for st in self.stores
-        ]
-        return {"plan": _digest(plan), "stores": _digest(stores)}
+        return {"plan": _digest(plan), "stores": self._stores_digest}
+
+    @cached_property
+    def _stores_digest(self) -> str:
+        return _digest(
+            [
+                [str(e.get("bin_sha256", e.get("tokens"))) for e in st.manifest["shards"]]
+                for st in self.stores
+            ]
+        )
 
     def check_fingerprint(self, expected: Mapping[str, str], stop_block: int, what: str) -> None:
         """Refuse, in one line, a plan or stores that differ from `expected` before `stop_block`

@@ -26,7 +26,7 @@ def steering_state(sampler: MixSampler) -> dict[str, Any]:
 
 
 def apply_steering(sampler: MixSampler, state: Mapping[str, Any]) -> MixSampler:
-    """`sampler` (built from the original spec, unamended) with a saved steering state applied."""
+    """The sampler of the original spec (`sampler.unsteered()`) with a saved steering applied."""
     if sampler.amendments:
         raise MixerError(
             "apply_steering: needs the sampler of the original spec, not an amended one"

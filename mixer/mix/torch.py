@@ -111,10 +111,28 @@ class MixedIterableDataset(IterableDataset):
                 "step": batch["step"],
             }
 
-    def state_dict(self) -> dict[str, int]:
+    @property
+    def sampler(self) -> MixSampler:
+        """The current (possibly amended) sampler."""
+        return self.batches.sampler
+
+    def set_weights(self, weights: dict[str, float], at_step: int) -> None:
+        """`BatchIterator.set_weights`: before iterating, or through `MixedDataLoader`."""
+        self.batches.set_weights(weights, at_step)
+
+    def skip_steps(self, start_step: int, stop_step: int) -> None:
+        self.batches.skip_steps(start_step, stop_step)
+
+    def set_policy(self, policy: Any) -> None:
+        self.batches.set_policy(policy)
+
+    def report_loss(self, step: int, loss_sums: Any, counts: Any) -> dict[str, float] | None:
+        return self.batches.report_loss(step, loss_sums, counts)
+
+    def state_dict(self) -> dict[str, Any]:
         return self.batches.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.batches.load_state_dict(state)
 
 
@@ -133,12 +151,37 @@ class MixedDataLoader(DataLoader):
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch in super().__iter__():
-            self.dataset.batches.step = batch["step"] + 1
-            yield batch
+        batches = self.dataset.batches
+        while True:
+            changes = batches._changes
+            for batch in super().__iter__():
+                batches.step = batch["step"] + 1
+                yield batch
+                if batches._changes != changes:
+                    # Steered: workers hold copies of the old sampler and batches prefetched
+                    # with it. Restart them all from the next step, so every worker sees the
+                    # change at the same step and nothing prefetched is handed out.
+                    break
+            else:
+                return
 
-    def state_dict(self) -> dict[str, int]:
+    def set_weights(self, weights: dict[str, float], at_step: int) -> None:
+        """From global step `at_step` (>= the next step not yet handed out), mix by `weights`;
+        batches the workers prefetched beyond the handed-out ones are recomputed. The amended
+        sampler is `loader.dataset.sampler` (`loader.sampler` is torch's own)."""
+        self.dataset.set_weights(weights, at_step)
+
+    def skip_steps(self, start_step: int, stop_step: int) -> None:
+        self.dataset.skip_steps(start_step, stop_step)
+
+    def set_policy(self, policy: Any) -> None:
+        self.dataset.set_policy(policy)
+
+    def report_loss(self, step: int, loss_sums: Any, counts: Any) -> dict[str, float] | None:
+        return self.dataset.report_loss(step, loss_sums, counts)
+
+    def state_dict(self) -> dict[str, Any]:
         return self.dataset.state_dict()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dataset.load_state_dict(state)
