@@ -405,9 +405,36 @@ def plan(
     ] = None,
     plot: Annotated[str | None, typer.Option(help="PNG of predicted loss vs fraction.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    injection: Annotated[
+        bool,
+        typer.Option(
+            "--injection",
+            help="Fit the forgetting law (Bethune et al. 2025) to --pilot runs (model_params,"
+            "finetune_tokens,injection_fraction,pretrain_loss) and give the smallest injected "
+            "pretraining fraction for finetuning on --total-tokens tokens.",
+        ),
+    ] = False,
+    model_params: Annotated[
+        float | None,
+        typer.Option(help="With --injection: the model to plan for (default: largest pilot)."),
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(help="With --injection: allowed rise of the pretraining loss, in nats."),
+    ] = 0.01,
 ) -> None:
-    """Choose a domain fraction: epochs and repeats per fraction, and the SPT scaling-law fit."""
-    from mixer.plan import run_plan
+    """Choose a domain fraction: epochs and repeats per fraction, and the SPT scaling-law fit;
+    or with --injection the pretraining-data fraction to inject while finetuning."""
+    from mixer.plan import run_injection_plan, run_plan
+
+    if injection:
+        if domain_tokens is not None or fraction or max_repeats is not None or plot:
+            raise MixerError(
+                "--injection takes --pilot, --total-tokens (finetuning tokens), --model-params"
+                " and --tolerance; --domain-tokens, --fraction, --max-repeats and --plot are"
+                " for the SPT plan"
+            )
+        raise typer.Exit(run_injection_plan(pilot, total_tokens, model_params, tolerance, as_json))
 
     domain = None
     if domain_tokens is not None:

@@ -605,6 +605,44 @@ def format_fit(fit: FitResult, source: str, rec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_injection_plan(
+    pilot_csv: str | None,
+    finetune_tokens: float,
+    model_params: float | None,
+    tolerance: float,
+    as_json: bool,
+) -> int:
+    """`mixer plan --injection`: fit the forgetting law (`mixer.forgetting`) to pilot runs and
+    print the smallest injection fraction keeping the pretraining loss within `tolerance`."""
+    from mixer.forgetting import (
+        fit_forgetting_law,
+        format_injection,
+        injection_report,
+        load_injection_csv,
+    )
+
+    if pilot_csv is None:
+        raise MixerError(
+            "--injection needs --pilot CSV with columns model_params,finetune_tokens,"
+            "injection_fraction,pretrain_loss"
+        )
+    if not finetune_tokens > 0:
+        raise MixerError(
+            f"--total-tokens (the finetuning tokens) must be positive, got {finetune_tokens:g}"
+        )
+    points = load_injection_csv(pilot_csv)
+    fit = fit_forgetting_law(*points)
+    size = float(points[0].max()) if model_params is None else float(model_params)
+    if not size > 0:
+        raise MixerError(f"--model-params must be positive, got {size:g}")
+    rec = injection_report(fit, size, float(finetune_tokens), tolerance)
+    if as_json:
+        print(json.dumps({"fit": fit.to_dict(), "recommendation": rec}, indent=2))
+    else:
+        print(format_injection(fit, pilot_csv, rec))
+    return 0
+
+
 def run_plan(
     domain_tokens: int | None,
     total_tokens: int,

@@ -37,9 +37,9 @@ not be checked is in README.md, "Real datasets".
   `sample/10BT/000_00000.parquet`, which repeats every 50th document of `data/` as the real
   `sample/` folders repeat documents of the full set.
 - `dclm/`: mlfoundations/dclm-baseline-1.0.
-  `global-shard_01_of_10/local-shard_0_of_10/shard_0000000{0,1}_processed.jsonl.zstd`, with its
-  `.jsonl.zstd` spelling and fields (`text`, `url`, `metadata`,
-  `language_id_whole_page_fasttext`,
+  `global-shard_01_of_10/local-shard_0_of_10/shard_0000000{0,1}_processed.jsonl.zst` (the Hub
+  repo spells it `.jsonl.zst`; DCLM's S3 pools use `.jsonl.zstd`), with DCLM's fields (`text`,
+  `url`, `metadata`, `language_id_whole_page_fasttext`,
   `fasttext_openhermes_reddit_eli5_vs_rw_v2_bigram_200k_train_prob`, ...).
 
 Web text (fineweb + dclm) is about 60% of the tokens, as it is the large side of every mix;
@@ -1306,9 +1306,9 @@ def generate(out: Path, seed: int = 0, scale: float = 1.0) -> list[Path]:
         fineweb += dump_rows
         write_parquet(place(f"fineweb/data/{dump}/000_00000.parquet"), dump_rows, 256, "snappy")
     write_parquet(place("fineweb/sample/10BT/000_00000.parquet"), fineweb[::50], 256, "snappy")
-    # mlfoundations/dclm-baseline-1.0: global-shard_NN_of_10/local-shard_N_of_10/*.jsonl.zstd
+    # mlfoundations/dclm-baseline-1.0: global-shard_NN_of_10/local-shard_N_of_10/*.jsonl.zst
     for i in range(2):
-        rel = f"dclm/global-shard_01_of_10/local-shard_0_of_10/shard_{i:08d}_processed.jsonl.zstd"
+        rel = f"dclm/global-shard_01_of_10/local-shard_0_of_10/shard_{i:08d}_processed.jsonl.zst"
         write_jsonl_zst(place(rel), rows(f"dclm{i}", dclm_records, 1800), frames=1)
     write_checksums(out, files)
     return files

@@ -220,9 +220,12 @@ def test_fineweb_files_have_fineweb_columns_and_sit_under_their_dump():
         assert {r["dump"] for r in read_records(path)} == {path.parent.name}
 
 
-def test_dclm_files_use_the_jsonl_zstd_spelling_and_dclm_fields():
-    files = sorted(SAMPLES.glob("dclm/global-shard_01_of_10/local-shard_0_of_10/*.jsonl.zstd"))
-    assert len(files) == 2
+def test_dclm_files_use_the_hub_spelling_and_dclm_fields():
+    files = sorted(SAMPLES.glob("dclm/global-shard_01_of_10/local-shard_0_of_10/*"))
+    assert [p.name for p in files] == [
+        "shard_00000000_processed.jsonl.zst",
+        "shard_00000001_processed.jsonl.zst",
+    ]
     for path in files:
         for record in read_records(path):
             assert {
