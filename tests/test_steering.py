@@ -434,3 +434,18 @@ def test_an_online_policy_through_the_loader_is_deterministic_and_resumes(stores
     resumed, _, _ = run(state=saved)
     assert sorted(resumed) == list(range(23, 50))
     assert all(np.array_equal(resumed[s], first[s]) for s in resumed)
+
+
+def test_exports_record_amendments_and_refuse_skipped_blocks(stores, tmp_path):
+    from mixer.mix.export import export_mix
+    from mixer.store.reader import TokenStore
+
+    sampler = MixSampler(steps_spec(stores, skip_steps=[[10, 12]])).amended({"web": 1.0}, 60)
+    with pytest.raises(MixerError, match=r"blocks \[40, 48\) of \[0, 100\) are skipped"):
+        export_mix(sampler, tmp_path / "x", 0, 100, progress=False)
+    out = export_mix(sampler, tmp_path / "y", 48, 100, progress=False)
+    store = TokenStore.open(out)
+    assert store.manifest["mix"]["steering"]["amendments"] == [
+        {"at_block": 60, "weights": {"web": 1.0}}
+    ]
+    assert np.array_equal(store.document(20), sampler[68])

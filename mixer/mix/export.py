@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from mixer.errors import MixerError
 from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler
+from mixer.mix.steering import steering_state
 from mixer.store.format import MANIFEST, write_json_atomic
 from mixer.store.writer import ShardWriter, build_manifest
 
@@ -37,6 +38,12 @@ def export_mix(
     if not 0 <= start < stop <= len(sampler):
         raise MixerError(
             f"--start/--stop: [{start}, {stop}) is not a range inside [0, {len(sampler)}]"
+        )
+    if sampler.is_skipped(start, stop):
+        lo, hi = next((a, b) for a, b in sampler.skip_blocks if a < stop and start < b)
+        raise MixerError(
+            f"--start/--stop: blocks [{lo}, {hi}) of [{start}, {stop}) are skipped (skip_steps); "
+            "an export holds every block of its range, so export the ranges around them"
         )
     out = Path(out_dir)
     if (out / MANIFEST).exists():
@@ -69,6 +76,8 @@ def export_mix(
         "stop": stop,
         "sequence_tokens": width,
     }
+    if sampler.amendments:
+        mix["steering"] = steering_state(sampler)
     manifest = build_manifest(
         shards,
         tokenizer=first_store.manifest["tokenizer"],

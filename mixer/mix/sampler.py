@@ -198,6 +198,13 @@ class PhaseTable:
             self.slot_offsets[:-1], self.counts
         )
         self.drawn_before = tuple(drawn_before)
+        self.key = (
+            phase.name,
+            phase.start,
+            phase.blocks,
+            tuple(phase.weights.items()),
+            self.drawn_before,
+        )
         self.draws = tuple(self.count_before(s, self.blocks) for s in range(len(names)))
         # plain-int views for the scalar path; numpy arrays for the vectorized one
         self._source_view = memoryview(self.source_of)
@@ -287,6 +294,7 @@ class MixSampler:
         verify: bool = False,
         amendments: Iterable[Amendment] = (),
         skip_blocks: Iterable[tuple[int, int]] = (),
+        _tables: Iterable[PhaseTable] = (),
     ):
         self.spec = spec
         self.amendments = tuple(amendments)
@@ -306,8 +314,16 @@ class MixSampler:
         self.source_blocks = tuple((st.num_tokens - 1) // self.seq_len for st in self.stores)
         self.dtype = np.result_type(*(st.dtype for st in self.stores))
         tables, drawn = [], [0] * len(self.source_names)
+        known = {t.key: t for t in _tables}  # an amended sampler reuses the unchanged phases
         for phase in self.plan:
-            tables.append(PhaseTable(phase, self.source_names, drawn))
+            key = (
+                phase.name,
+                phase.start,
+                phase.blocks,
+                tuple(phase.weights.items()),
+                tuple(drawn),
+            )
+            tables.append(known.get(key) or PhaseTable(phase, self.source_names, drawn))
             drawn = [d + n for d, n in zip(drawn, tables[-1].draws, strict=True)]
         self.phases = tuple(tables)
         self.phase_names = tuple(t.name for t in self.phases)
@@ -468,7 +484,7 @@ class MixSampler:
     def _with(self, **changes: Any) -> MixSampler:
         args = {"amendments": self.amendments, "skip_blocks": self.skip_blocks, **changes}
         stores = dict(zip(self.source_names, self.stores, strict=True))
-        return MixSampler(self.spec, stores, **args)
+        return MixSampler(self.spec, stores, **args, _tables=self.phases)
 
     def is_skipped(self, start: int, stop: int) -> bool:
         """Whether any global block in [start, stop) lies in a skipped range."""
