@@ -178,3 +178,20 @@ def test_mixer_explain_prints_each_row_s_documents(mix_spec, capsys, tokenizer_p
     assert "'" not in text.split("\n", 2)[2]  # no tokenizer found: no text previews
     assert cli("explain", str(mix_spec), "--step", "20") == 1
     assert "--step: 20 outside [0, 20)" in capsys.readouterr().err
+
+
+def test_mixer_explain_applies_a_saved_loader_state(mix_spec, tmp_path, capsys):
+    from mixer.mix.loader import BatchIterator
+
+    it = BatchIterator(MixSampler(MixSpec.from_toml(mix_spec)), batch_size=6)
+    it.skip_steps(5, 7)
+    it.set_weights({"prov": 1.0}, at_step=4)
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps(it.state_dict()))
+    assert cli("explain", str(mix_spec), "--step", "5", "--state", str(state), "--json") == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert all(r["skipped"] and r["phase"] == "main@24" for r in rows)
+    assert [r["block"] for r in rows] == [it.sampler.locate(i).block for i in range(30, 36)]
+    state.write_text("[1]")
+    assert cli("explain", str(mix_spec), "--step", "5", "--state", str(state)) == 1
+    assert "expected a JSON object (a loader state_dict)" in capsys.readouterr().err
