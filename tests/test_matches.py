@@ -161,3 +161,11 @@ def test_peek_follows_the_split_rule_and_shows_nested_meta_keys(capsys):
     assert done.value.code in (0, None)
     out = json.loads(capsys.readouterr().out)
     assert out["records"] == 50 and out["field"] == "meta.config"
+
+
+def test_peek_on_plain_text_shows_texts_and_refuses_a_field(tmp_path):
+    (tmp_path / "a.txt").write_text("one whole document\nof two lines")
+    report = peek([str(tmp_path)])
+    assert report.records == 1 and report.texts[0][1] == "one whole document\nof two lines"
+    with pytest.raises(MixerError, match="plain text files have no fields"):
+        peek([str(tmp_path)], field="src")

@@ -74,6 +74,8 @@ def peek(
         raise MixerError(f"--limit and --files must be at least 1, got {limit} and {max_files}")
     storage_options = storage_options or {}
     files = inputs.expand_inputs(specs, format, storage_options, selection)
+    if field is not None and all(f.format.startswith("txt") for f in files):
+        raise MixerError(f"--field {field!r}: plain text files have no fields")
     step = len(files) / min(max_files, len(files))
     picked = [files[int(i * step)] for i in range(min(max_files, len(files)))]
     per_file = -(-limit // len(picked))

@@ -129,9 +129,14 @@ def _document(item: Any, options: ReadOptions, stats: ReadStats) -> str | None:
         text: object = item
         name = "line"
     else:
-        if not stats.probe.admit(item, options.where):
-            stats.filtered += 1
-            return None
+        probe = stats.probe
+        if options.where or not probe.records:
+            if not probe.admit(item, options.where):
+                stats.filtered += 1
+                return None
+        else:  # the unfiltered hot path: only the count
+            probe.records += 1
+            probe.matched += 1
         name = repr(options.text_field)
         text = get_field(item, options.text_field)
         if text is MISSING or text is None:
