@@ -195,3 +195,22 @@ def test_mixer_explain_applies_a_saved_loader_state(mix_spec, tmp_path, capsys):
     state.write_text("[1]")
     assert cli("explain", str(mix_spec), "--step", "5", "--state", str(state)) == 1
     assert "expected a JSON object (a loader state_dict)" in capsys.readouterr().err
+
+
+def test_record_bases_add_up_the_earlier_tasks_of_each_file_and_stop_at_an_unknown():
+    from mixer.store.format import record_base
+
+    def entry(url, start, count, kind="byte_range"):
+        return {"input": {"url": url, kind: [start, start + 10]}, "input_records": count}
+
+    entries = [
+        entry("a", 20, 3),
+        entry("a", 0, 5),
+        entry("b", 0, 7, "row_groups"),
+        entry("a", 10, 4),
+        entry("b", 2, None, "row_groups"),  # a task without a count: later ones are unknown
+        entry("b", 5, 1, "row_groups"),
+        {"input": {"url": "c", "format": "jsonl"}, "input_records": 9},
+        {"name": "exported"},
+    ]
+    assert record_base(entries) == [9, 0, 0, 5, 7, None, 0, None]

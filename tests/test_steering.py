@@ -449,3 +449,18 @@ def test_exports_record_amendments_and_refuse_skipped_blocks(stores, tmp_path):
         {"at_block": 60, "weights": {"web": 1.0}}
     ]
     assert np.array_equal(store.document(20), sampler[68])
+
+
+def test_a_policy_must_match_the_mix_and_be_attached_before_its_state_loads(stores):
+    from mixer.mix.loader import BatchIterator
+    from mixer.mix.policy import ExcessLossPolicy
+
+    it = BatchIterator(MixSampler(steps_spec(stores)), batch_size=4)
+    with pytest.raises(MixerError, match="report_loss: no policy attached"):
+        it.report_loss(0, [0, 0, 0], [0, 0, 0])
+    with pytest.raises(MixerError, match="are not the mix's"):
+        it.set_policy(ExcessLossPolicy(("math", "code", "web"), {"web": 1.0}, every=2))
+    it.set_policy(ExcessLossPolicy(it.sampler.source_names, {"web": 1.0}, every=2))
+    state = it.state_dict()
+    with pytest.raises(MixerError, match="attach the same policy"):
+        BatchIterator(MixSampler(steps_spec(stores)), batch_size=4).load_state_dict(state)

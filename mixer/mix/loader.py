@@ -112,6 +112,8 @@ class BatchIterator:
         if not self.policy.due(step) or step + 1 >= self.num_steps:
             return None
         at = max(step + 1, self.step)
+        if at >= self.num_steps:
+            return None
         weights = self.policy.propose(self.sampler.weight_caps(at * self.global_batch_size))
         self.set_weights(weights, at)
         return weights

@@ -101,14 +101,13 @@ def record_base(entries: list[dict[str, Any]]) -> list[int | None]:
         count = entry.get("input_records")
         by_url.setdefault(source["url"], {})[int(start)] = count if isinstance(count, int) else None
         keys.append((source["url"], int(start)))
-    bases: list[int | None] = []
-    for key in keys:
-        if key is None:
-            bases.append(None)
-            continue
-        earlier = [c for start, c in by_url[key[0]].items() if start < key[1]]
-        bases.append(None if None in earlier else sum(earlier))
-    return bases
+    first: dict[tuple[str, int], int | None] = {}
+    for url, counts in by_url.items():  # prefix sums over each file's tasks, in range order
+        total: int | None = 0
+        for start in sorted(counts):
+            first[(url, start)] = total
+            total = None if total is None or counts[start] is None else total + counts[start]
+    return [None if key is None else first[key] for key in keys]
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
