@@ -1,6 +1,8 @@
 """The `mixer` command: a thin layer over the library, one verb per job.
 
-Every user error is a `MixerError`, printed as one line (`mixer: error: ...`) with exit code 1.
+Exit codes: 0 success; 1 a `MixerError` (bad input, spec, store or option value), printed as
+one line `mixer: error: ...`; 2 a command-line usage error (unknown option, missing argument),
+printed by click with the usage line, as argparse and click tools do; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -22,8 +24,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+EXIT_ERROR = 1  # a MixerError: the one-line message says what to do
+EXIT_USAGE = 2  # click's usage errors (unknown option, missing argument)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def examples(*lines: str) -> str:
+    """An epilog of example commands, each on its own line (click's \\b: never rewrapped)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def parse_json_option(value: str | None, flag: str) -> dict:
@@ -38,11 +49,27 @@ def parse_json_option(value: str | None, flag: str) -> dict:
     return parsed
 
 
+def _version(value: bool) -> None:
+    if value:
+        from mixer import __version__
+        from mixer.extras import DISTRIBUTION
+
+        typer.echo(f"mixer {__version__} (distribution {DISTRIBUTION})")
+        raise typer.Exit()
+
+
 @app.callback()
 def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
     cache_max_bytes: Annotated[
         float | None,
         typer.Option(
+            metavar="BYTES",
             help="Bound on the local cache of s3:// (fsspec URL) stores that commands read, "
             "e.g. 200e9; least recently used stores are evicted (default $MIXER_CACHE_MAX_BYTES, "
             "else no bound). Goes before the command: mixer --cache-max-bytes 200e9 mix ...",
@@ -58,60 +85,100 @@ def options(
 
 
 @app.command(
-    epilog="Example:  mixer tokenize 'data/web/*.jsonl.zst' -t tokenizer.json -o stores/web",
+    epilog=examples(
+        "mixer tokenize pipelines/samples/fineweb pipelines/samples/dclm "
+        "-t pipelines/tokenizer.json -o stores/web",
+        "mixer tokenize 's3://bucket/web/*.jsonl.zst' -t tokenizer.json -o s3://bucket/stores/web",
+    ),
 )
 def tokenize(
     inputs: Annotated[
-        list[str], typer.Argument(help="Files, directories or globs; local or fsspec URLs.")
+        list[str],
+        typer.Argument(metavar="INPUT", help="Files, directories or globs; local or fsspec URLs."),
     ],
     tokenizer: Annotated[
-        str, typer.Option("--tokenizer", "-t", help="HF tokenizer.json, or a directory with one.")
+        str,
+        typer.Option(
+            "--tokenizer",
+            "-t",
+            metavar="TOKENIZER",
+            help="HF tokenizer.json, or a directory with one.",
+        ),
     ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Store directory to create.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", metavar="STORE", help="Store directory to create.")
+    ],
     format: Annotated[
         str | None,
-        typer.Option(help="Override format detection: jsonl, jsonl.gz, jsonl.zst, parquet, txt."),
+        typer.Option(
+            metavar="FORMAT",
+            help="Override format detection: jsonl, jsonl.gz, jsonl.zst, parquet, txt.",
+        ),
     ] = None,
     text_field: Annotated[
-        str, typer.Option(help="Field holding the text; dotted paths like meta.body allowed.")
+        str,
+        typer.Option(
+            metavar="FIELD", help="Field holding the text; dotted paths like meta.body allowed."
+        ),
     ] = "text",
     txt_mode: Annotated[
-        str, typer.Option(help="For .txt: 'document' (one per file) or 'line' (one per line).")
+        str,
+        typer.Option(
+            metavar="MODE", help="For .txt: 'document' (one per file) or 'line' (one per line)."
+        ),
     ] = "document",
     on_error: Annotated[
-        str, typer.Option(help="Bad records: 'fail' (stop at file:line) or 'skip' and count.")
+        str,
+        typer.Option(
+            metavar="fail|skip", help="Bad records: 'fail' (stop at file:line) or 'skip' and count."
+        ),
     ] = "fail",
     where: Annotated[
         list[str] | None,
-        typer.Option(help="Keep rows matching, e.g. \"src in ['abc', 'midi']\"; repeat to AND."),
+        typer.Option(
+            metavar="EXPR",
+            help="Keep rows matching, e.g. \"src in ['abc', 'midi']\"; repeat to AND.",
+        ),
     ] = None,
     eos_token: Annotated[
-        str | None, typer.Option(help="Token appended after every document.")
+        str | None, typer.Option(metavar="TOKEN", help="Token appended after every document.")
     ] = None,
     no_eos: Annotated[bool, typer.Option("--no-eos", help="Append no EOS token.")] = False,
     workers: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             help="Parallel Ray tasks (default: all CPUs, or this process when the input is "
-            "too small to repay Ray's ~7 s start-up); 0 runs in-process."
+            "too small to repay Ray's ~7 s start-up); 0 runs in-process.",
         ),
     ] = None,
     ray_address: Annotated[
-        str | None, typer.Option(help="Join an existing Ray cluster (auto or HOST:PORT).")
+        str | None,
+        typer.Option(metavar="ADDR", help="Join an existing Ray cluster (auto or HOST:PORT)."),
     ] = None,
     backend: Annotated[
         str,
-        typer.Option(help="auto: the fast engine once verified id-for-id on this input; hf; fast."),
+        typer.Option(
+            metavar="auto|hf|fast",
+            help="auto: the fast engine once verified id-for-id on this input; hf; fast.",
+        ),
     ] = "auto",
     chunk_mb: Annotated[
-        int, typer.Option(help="Split large uncompressed files into tasks of about this size.")
+        int,
+        typer.Option(
+            metavar="MB", help="Split large uncompressed files into tasks of about this size."
+        ),
     ] = 32,
     storage_options: Annotated[
-        str | None, typer.Option(help="JSON passed to fsspec, e.g. '{\"anon\": true}'.")
+        str | None,
+        typer.Option(metavar="JSON", help="JSON passed to fsspec, e.g. '{\"anon\": true}'."),
     ] = None,
     cache_dir: Annotated[
         str | None,
-        typer.Option(help="Staging for a URL --out (default $MIXER_CACHE_DIR or ~/.cache/mixer)."),
+        typer.Option(
+            metavar="DIR",
+            help="Staging for a URL --out (default $MIXER_CACHE_DIR or ~/.cache/mixer).",
+        ),
     ] = None,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Default: on a TTY.")
@@ -213,9 +280,9 @@ def peek(
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_peek(report))
 
 
-@app.command(epilog="Example:  mixer inspect stores/web --json")
+@app.command(epilog=examples("mixer inspect stores/web", "mixer inspect stores/web --json"))
 def inspect(
-    store: Annotated[str, typer.Argument(help="Token store directory.")],
+    store: Annotated[str, typer.Argument(metavar="STORE", help="Token store directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show a store's documents, tokens, shards, dtype, tokenizer and skipped records."""
@@ -256,8 +323,10 @@ def inspect(
     typer.echo("\n".join(lines))
 
 
-@app.command(epilog="Example:  mixer verify stores/web")
-def verify(store: Annotated[str, typer.Argument(help="Token store directory.")]) -> None:
+@app.command(epilog=examples("mixer verify stores/web"))
+def verify(
+    store: Annotated[str, typer.Argument(metavar="STORE", help="Token store directory.")],
+) -> None:
     """Recompute every shard checksum and re-check every index against the manifest."""
     from mixer.store.reader import TokenStore
 
@@ -267,31 +336,56 @@ def verify(store: Annotated[str, typer.Argument(help="Token store directory.")])
 
 
 @app.command(
-    epilog="Examples:  mixer mix pipelines/example-mix.toml --report\n\n"
-    "           mixer mix spec.toml --export stores/mixed --start 0 --stop 100000",
+    epilog=examples(
+        "mixer mix pipelines/quickstart-mix.toml --report",
+        "mixer mix pipelines/quickstart-mix.toml --export out/mixed --start 0 --stop 1000",
+        "mixer mix out/spt/mix.json --plot out/mix.png",
+    ),
 )
 def mix(
-    spec: Annotated[str, typer.Argument(help="Mix spec (TOML).")],
+    spec: Annotated[
+        str,
+        typer.Argument(metavar="SPEC", help="Mix spec (TOML, or a mix.json that mixer run wrote)."),
+    ],
     report: Annotated[
         bool, typer.Option("--report", help="Per phase and source: blocks, fractions, epochs.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Report as JSON.")] = False,
     export: Annotated[
-        str | None, typer.Option(help="Write the mixed stream as a Megatron token store.")
+        str | None,
+        typer.Option(metavar="DIR", help="Write the mixed stream as a Megatron token store."),
     ] = None,
-    start: Annotated[int, typer.Option(help="First block to export.")] = 0,
-    stop: Annotated[int | None, typer.Option(help="Block to stop exporting at.")] = None,
+    start: Annotated[
+        int | None, typer.Option(metavar="I", help="First block to export (default 0).")
+    ] = None,
+    stop: Annotated[
+        int | None, typer.Option(metavar="J", help="Block to stop exporting at (default: end).")
+    ] = None,
     plot: Annotated[
-        str | None, typer.Option(help="PNG of cumulative fractions and epochs per source.")
+        str | None,
+        typer.Option(metavar="PNG", help="PNG of cumulative fractions and epochs per source."),
     ] = None,
     verify: Annotated[
         bool, typer.Option("--verify", help="Recompute every store's checksums first.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace a different export in --export DIR (default: refuse)."
+        ),
+    ] = False,
 ) -> None:
-    """Check a mix spec and report, export or plot the stream it defines."""
+    """Check a mix spec and report, export or plot the stream it defines.
+
+    Re-running the same export into the same directory reuses it."""
     from mixer.report import run_mix
 
-    code = run_mix(spec, report or not (export or plot), as_json, export, start, stop, plot, verify)
+    if (start is not None or stop is not None) and not export:
+        flag = "--start" if start is not None else "--stop"
+        raise MixerError(f"{flag} selects blocks to export: add --export DIR")
+    code = run_mix(
+        spec, report or not (export or plot), as_json, export, start or 0, stop, plot, verify, force
+    )
     raise typer.Exit(code)
 
 
@@ -351,28 +445,44 @@ def explain(
 
 
 @app.command(
-    epilog="Examples:  mixer run pipelines/spt-proofpile.toml --out out/spt\n\n"
-    "           mixer run pipelines/spt-proofpile.toml --out out/spt "
-    "--input proofpile=s3://bucket/proofpile/",
+    epilog=examples(
+        "mixer run pipelines/spt-proofpile.toml --out out/spt",
+        "mixer run pipelines/spt-proofpile.toml --out out/spt "
+        "--input proofpile=s3://bucket/proofpile/",
+    ),
 )
 def run(
-    pipeline: Annotated[str, typer.Argument(help="Pipeline TOML (see pipelines/).")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Directory for stores and reports.")],
+    pipeline: Annotated[
+        str, typer.Argument(metavar="PIPELINE", help="Pipeline TOML (see pipelines/).")
+    ],
+    out: Annotated[
+        str, typer.Option("--out", "-o", metavar="DIR", help="Directory for stores and reports.")
+    ],
     input: Annotated[
         list[str] | None,
         typer.Option(
             "--input",
+            metavar="NAME=ROOT",
             help="NAME=ROOT: store NAME reads the dataset downloaded whole at ROOT (local or "
             "URL) through the recipe's include/exclude patterns; repeat for several roots.",
         ),
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel Ray tasks; 0 in-process.")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", help="Parallel Ray tasks; 0 in-process.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(metavar="ADDR", help="Join an existing Ray cluster.")
+    ] = None,
     progress: Annotated[
         bool | None, typer.Option("--progress/--no-progress", help="Default: on a TTY.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rewrite the export even if DIR/mixed differs.")
+    ] = False,
 ) -> None:
-    """Run a recipe: tokenize its stores, report its mix, export and plot it."""
+    """Run a recipe: tokenize its stores, report its mix, export and plot it.
+
+    Re-running reuses finished stores and an identical export."""
     from mixer.pipeline import run_pipeline
 
     overrides: dict[str, list[str]] = {}
@@ -381,29 +491,42 @@ def run(
         if not sep or not name or not url:
             raise MixerError(f"--input {item!r}: expected NAME=URL")
         overrides.setdefault(name, []).append(url)
-    raise typer.Exit(run_pipeline(pipeline, out, overrides, workers, ray_address, progress))
+    raise typer.Exit(
+        run_pipeline(pipeline, out, overrides, workers, ray_address, progress, force=force)
+    )
 
 
 @app.command(
-    epilog="Examples:  mixer plan --domain-tokens 300e6 --total-tokens 200e9 --max-repeats 50\n\n"
-    "           mixer plan --pilot pipelines/pilot-example.csv --total-tokens 200e9 --plot p.png",
+    epilog=examples(
+        "mixer plan --domain-tokens 300M --total-tokens 200B --max-repeats 50",
+        "mixer plan --pilot pipelines/pilot-example.csv --total-tokens 200B --plot p.png",
+    ),
 )
 def plan(
-    total_tokens: Annotated[float, typer.Option(help="Training budget in tokens, e.g. 200e9.")],
+    total_tokens: Annotated[
+        str, typer.Option(metavar="N", help="Training budget in tokens: 200B, 200e9, ...")
+    ],
     domain_tokens: Annotated[
-        str | None, typer.Option(help="Domain size in tokens (e.g. 300e6) or a token store.")
+        str | None,
+        typer.Option(metavar="D|STORE", help="Domain size in tokens (300M, 6.8M) or a store."),
     ] = None,
     fraction: Annotated[
-        list[float] | None, typer.Option(help="Fractions to tabulate; repeat (default: paper's).")
+        list[float] | None,
+        typer.Option(metavar="F", help="Fraction to tabulate; repeat (default: the paper's)."),
     ] = None,
-    max_repeats: Annotated[float | None, typer.Option(help="Epoch cap to warn about.")] = None,
+    max_repeats: Annotated[
+        float | None, typer.Option(metavar="E", help="Epoch cap to warn about.")
+    ] = None,
     pilot: Annotated[
-        str | None, typer.Option(help="CSV of pilot runs: tokens,fraction,loss.")
+        str | None, typer.Option(metavar="CSV", help="Pilot runs: tokens,fraction,loss.")
     ] = None,
     target_tokens: Annotated[
-        float | None, typer.Option(help="Budget for the recommendation (default: total).")
+        str | None,
+        typer.Option(metavar="N", help="Budget for the recommendation (default: total)."),
     ] = None,
-    plot: Annotated[str | None, typer.Option(help="PNG of predicted loss vs fraction.")] = None,
+    plot: Annotated[
+        str | None, typer.Option(metavar="PNG", help="Predicted loss vs fraction.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     injection: Annotated[
         bool,
@@ -415,17 +538,23 @@ def plan(
         ),
     ] = False,
     model_params: Annotated[
-        float | None,
-        typer.Option(help="With --injection: the model to plan for (default: largest pilot)."),
+        str | None,
+        typer.Option(
+            metavar="N",
+            help="With --injection: the model to plan for, e.g. 1.3B (default: largest pilot).",
+        ),
     ] = None,
     tolerance: Annotated[
         float,
-        typer.Option(help="With --injection: allowed rise of the pretraining loss, in nats."),
+        typer.Option(
+            metavar="NATS", help="With --injection: allowed rise of the pretraining loss, in nats."
+        ),
     ] = 0.01,
 ) -> None:
     """Choose a domain fraction: epochs and repeats per fraction, and the SPT scaling-law fit;
     or with --injection the pretraining-data fraction to inject while finetuning."""
     from mixer.plan import run_injection_plan, run_plan
+    from mixer.units import parse_count
 
     if injection:
         if domain_tokens is not None or fraction or max_repeats is not None or plot:
@@ -434,29 +563,40 @@ def plan(
                 " and --tolerance; --domain-tokens, --fraction, --max-repeats and --plot are"
                 " for the SPT plan"
             )
-        raise typer.Exit(run_injection_plan(pilot, total_tokens, model_params, tolerance, as_json))
+        finetune = parse_count(total_tokens, "--total-tokens")
+        params = None if model_params is None else parse_count(model_params, "--model-params")
+        raise typer.Exit(run_injection_plan(pilot, finetune, params, tolerance, as_json))
 
     domain = None
     if domain_tokens is not None:
-        try:
-            domain = int(float(domain_tokens))
-        except ValueError:
+        if os.path.exists(domain_tokens) or "://" in domain_tokens:
             from mixer.store.reader import TokenStore
 
             domain = TokenStore.open(domain_tokens).num_tokens
-    code = run_plan(
-        domain, int(total_tokens), fraction, max_repeats, pilot, target_tokens, plot, as_json
-    )
+        else:
+            domain = parse_count(domain_tokens, "--domain-tokens")
+    total = parse_count(total_tokens, "--total-tokens")
+    target = None if target_tokens is None else parse_count(target_tokens, "--target-tokens")
+    code = run_plan(domain, total, fraction, max_repeats, pilot, target, plot, as_json)
     raise typer.Exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 1."""
+    """Console entry point: user errors become one line on stderr and exit code 1, usage
+    errors exit 2 (click), Ctrl-C exits 130 after saying what was kept."""
     try:
         app(args=argv, prog_name="mixer")
     except MixerError as e:
         typer.echo(f"mixer: error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt as e:
+        typer.echo(f"mixer: {interrupted_message(e)}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def interrupted_message(e: KeyboardInterrupt) -> str:
+    """What an interrupted run kept: `Interrupted` from mixer.ingest says it, else a plain word."""
+    return str(e) if str(e) else "interrupted"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 from mixer.errors import MixerError, SpecError
 from mixer.ingest.driver import tokenize
 from mixer.ingest.job import TokenizeJob
-from mixer.mix.export import export_mix
+from mixer.mix.export import export_mix, is_exported
 from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec
 from mixer.report import format_report, mix_report, plot_mix
@@ -71,8 +71,12 @@ def load_pipeline(path: str) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise MixerError(f"pipeline not found: {path}") from None
+    except IsADirectoryError:
+        raise MixerError(f"{path}: is a directory, not a pipeline TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: invalid TOML ({e})") from None
+    if "stores" not in data and ({"source", "seq_len"} & set(data)):
+        raise SpecError(f"{path}: this is a mix spec, not a pipeline: use `mixer mix {path}`")
     _check_keys(path, data, _TOP_KEYS)
     for key in ("tokenizer", "stores", "mix"):
         if key not in data:
@@ -96,8 +100,11 @@ def run_pipeline(
     workers: int | None = None,
     ray_address: str | None = None,
     progress: bool | None = None,
+    force: bool = False,
 ) -> int:
-    """Tokenize -> mix report -> export/plot; every step is skipped when already complete."""
+    """Tokenize -> mix report -> export/plot; every step is skipped when already complete.
+
+    `force` rewrites an export that differs from this recipe's (otherwise refused)."""
     data = load_pipeline(path)
     base, out_dir = Path(path).resolve().parent, Path(out).resolve()
     for name in inputs or {}:
@@ -146,8 +153,10 @@ def run_pipeline(
     (out_dir / "mix.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     output = data.get("output", {})
     if output.get("export"):
-        exported = export_mix(sampler, out_dir / "mixed", progress=bool(progress))
-        print(f"exported {len(sampler):,} blocks to {exported}", file=sys.stderr)
+        done = is_exported(sampler, out_dir / "mixed", 0, len(sampler))
+        exported = export_mix(sampler, out_dir / "mixed", progress=bool(progress), force=force)
+        verb = "reused the export of" if done else "exported"
+        print(f"{verb} {len(sampler):,} blocks in {exported}", file=sys.stderr)
     if output.get("plot"):
         try:
             plot_mix(sampler, out_dir / "mix.png")

@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 
 from mixer.errors import MixerError
+from mixer.extras import matplotlib_figure, require
+from mixer.units import human_count as human_tokens
 
 TOKEN_UNIT = 1e9  # the law's T is in billions of tokens
 PAPER_FRACTIONS = (0.001, 0.01, 0.02, 0.05, 0.1)
@@ -123,13 +125,6 @@ def format_repeat_table(rows: list[dict], max_repeats: float | None) -> str:
             f"is {percent(largest)}"
         )
     return "\n".join(lines)
-
-
-def human_tokens(n: float) -> str:
-    for unit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= unit:
-            return f"{n / unit:.4g}{suffix}"
-    return f"{n:.4g}"
 
 
 def percent(f: float) -> str:
@@ -281,7 +276,7 @@ def fit_spt_law(tokens, fractions, losses, restarts: int = 16, seed: int = 0) ->
     Restarts draw random starting points (from `seed`) and keep the lowest residual; the
     standard errors come from the Jacobian at that optimum.
     """
-    from scipy.optimize import least_squares
+    least_squares = require("scipy.optimize", "--pilot (the scaling-law fit)", "plan").least_squares
 
     if restarts < 1:
         raise MixerError(f"restarts must be at least 1, got {restarts}")
@@ -481,10 +476,7 @@ def plot_prediction(
 ) -> None:
     """Predicted loss vs fraction at the target budget (bold) and at each pilot budget, with the
     pilot points, so the fit and the extrapolation can be judged by eye."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MixerError("--plot needs matplotlib: pip install 'mixer[plan]'") from None
+    Figure = matplotlib_figure("--plot", extra="plan")
     best, loss = recommend_fraction(law, target_tokens)
     lo, hi = best / 30, min(0.5, best * 10)
     seen = [law.predict(target_tokens, lo), loss]

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from mixer.errors import MixerError
-from mixer.mix.export import export_mix
+from mixer.extras import matplotlib_figure
+from mixer.mix.export import export_mix, is_exported
 from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec
 
@@ -112,10 +112,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def plot_mix(sampler: MixSampler, out_png: str | os.PathLike, points: int = 1000) -> None:
     """Cumulative fraction per source and epochs per source over the stream, as a PNG."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MixerError("--plot needs matplotlib: pip install 'mixer[plot]'") from None
+    Figure = matplotlib_figure("--plot")
     stops = np.unique(np.linspace(1, len(sampler), points).astype(np.int64))
     counts = sampler.source_counts(stops)
     fig = Figure(figsize=(10, 7), layout="constrained")
@@ -142,6 +139,7 @@ def run_mix(
     stop: int | None,
     plot: str | None,
     verify: bool = False,
+    force: bool = False,
 ) -> int:
     """`mixer mix SPEC.toml`: report (the default, or with --report/--json), --export, --plot.
 
@@ -152,9 +150,11 @@ def run_mix(
         data = mix_report(sampler)
         print(json.dumps(data, indent=2) if as_json else format_report(data))
     if export:
-        out = export_mix(sampler, export, start, stop, progress=sys.stderr.isatty())
         last = len(sampler) if stop is None else stop
-        print(f"exported blocks [{start}, {last}) to {out}", file=sys.stderr)
+        done = is_exported(sampler, export, start, last)
+        out = export_mix(sampler, export, start, stop, progress=sys.stderr.isatty(), force=force)
+        verb = "reused the export of" if done else "exported"
+        print(f"{verb} blocks [{start}, {last}) in {out}", file=sys.stderr)
     if plot:
         plot_mix(sampler, plot)
         print(f"wrote {plot}", file=sys.stderr)

@@ -25,9 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
+
+try:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+except ImportError:
+    raise SystemExit("train_tiny.py needs torch: pip install torch (CPU-only is enough)") from None
 
 from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec

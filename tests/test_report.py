@@ -99,11 +99,23 @@ def test_export_writes_each_block_as_one_sequence_of_a_verified_store(spec_path,
     assert store.manifest["tokenizer"] == sampler.stores[0].manifest["tokenizer"]
 
 
-def test_export_refuses_an_existing_store_and_a_bad_range(spec_path, tmp_path):
+def test_export_reuses_the_same_export_refuses_another_unless_forced(spec_path, tmp_path):
     sampler = MixSampler(MixSpec.from_toml(spec_path))
     export_mix(sampler, tmp_path / "out", stop=10, progress=False)
-    with pytest.raises(MixerError, match="already a token store"):
-        export_mix(sampler, tmp_path / "out", stop=10, progress=False)
+    manifest = (tmp_path / "out" / "manifest.json").read_bytes()
+    export_mix(sampler, tmp_path / "out", stop=10, progress=False)  # a rerun: reused
+    assert (tmp_path / "out" / "manifest.json").read_bytes() == manifest
+    with pytest.raises(MixerError, match="holds another export; .* --force to replace it"):
+        export_mix(sampler, tmp_path / "out", stop=20, progress=False)
+    export_mix(sampler, tmp_path / "out", stop=20, progress=False, force=True)
+    store = TokenStore.open(tmp_path / "out")
+    store.verify()
+    assert store.num_documents == 20
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "manifest.json",
+        "mix-00000.bin",
+        "mix-00000.idx",
+    ]
     with pytest.raises(MixerError, match=r"\[5, 2000\) is not a range inside \[0, 1000\]"):
         export_mix(sampler, tmp_path / "other", start=5, stop=2000, progress=False)
 

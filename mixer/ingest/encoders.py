@@ -80,7 +80,7 @@ def load_tokenizer(path: str, eos_token: str | None = None, no_eos: bool = False
                 eos_token = candidate
                 break
         if eos_id is None:
-            wanted = f"--eos-token {eos_token!r} is" if eos_token else "no EOS token is"
+            wanted = f"--eos-token {eos_token!r} is not" if eos_token else "no EOS token is"
             raise MixerError(
                 f"{path}: {wanted} in the vocabulary (looked for {', '.join(candidates)}); "
                 "pass --eos-token TOKEN or --no-eos"

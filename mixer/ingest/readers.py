@@ -217,7 +217,10 @@ def _parse_json_stdlib(line: bytes) -> Any:
     except json.JSONDecodeError as e:
         if not text.strip():
             return _BLANK
-        raise _BadRecord("malformed_json", f"malformed JSON: {e.msg} at column {e.colno}") from None
+        at = "" if e.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+        raise _BadRecord(
+            "malformed_json", f"malformed JSON: {e.msg}{at} column {e.colno}"
+        ) from None
     except RecursionError:
         raise _BadRecord("malformed_json", "malformed JSON: nested too deeply") from None
 

@@ -1,7 +1,15 @@
-"""Materialize a slice of a mix as a token store (`mixer mix --export`)."""
+"""Materialize a slice of a mix as a token store (`mixer mix --export`).
+
+Reruns are idempotent: an export records what it is (the spec, the range and a fingerprint of
+every source store's manifest), so exporting the same thing into the same directory again
+reuses it, and exporting something else there is refused unless `force` rewrites it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,10 +21,61 @@ from tqdm import tqdm
 from mixer.errors import MixerError
 from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler
 from mixer.mix.steering import steering_state
-from mixer.store.format import MANIFEST, write_json_atomic
+from mixer.store.format import MANIFEST, json_bytes, write_json_atomic
+from mixer.store.reader import TokenStore, read_manifest
 from mixer.store.writer import ShardWriter, build_manifest
 
+logger = logging.getLogger(__name__)
+
 SHARD_BYTES = 1 << 30  # exported shards stay below this size
+
+
+def export_record(sampler: MixSampler, start: int, stop: int) -> dict[str, Any]:
+    """What an export is, as stored under `mix` in its manifest: equal records, equal bytes."""
+    record = {
+        "spec": sampler.spec.to_dict(),
+        "start": start,
+        "stop": stop,
+        "sequence_tokens": sampler.seq_len + 1,
+        "source_manifests": {
+            name: hashlib.sha256(json_bytes(store.manifest)).hexdigest()
+            for name, store in zip(sampler.source_names, sampler.stores, strict=True)
+        },
+    }
+    if sampler.amendments:
+        record["steering"] = steering_state(sampler)
+    return json.loads(json.dumps(record))  # as it reads back from the manifest
+
+
+def is_exported(sampler: MixSampler, out_dir: str | os.PathLike, start: int, stop: int) -> bool:
+    """Whether `out_dir` already holds exactly this export (so `export_mix` would reuse it)."""
+    out = Path(out_dir)
+    if not (out / MANIFEST).exists():
+        return False
+    return read_manifest(out).get("mix") == export_record(sampler, start, stop)
+
+
+def existing_export(out: Path, record: dict[str, Any], force: bool) -> bool:
+    """True when `out` already holds this exact export (intact); removes a different one if
+    `force`, else refuses it in one line."""
+    if not (out / MANIFEST).exists():
+        return False
+    manifest = read_manifest(out)
+    if manifest.get("mix") == record:
+        TokenStore.open(out)  # checks every file's size against the manifest
+        return True
+    if not force:
+        what = "another export" if "mix" in manifest else "a token store that is not an export"
+        raise MixerError(f"{out}: holds {what}; choose a new directory, or --force to replace it")
+    if "mix" not in manifest:
+        raise MixerError(
+            f"{out}: holds a token store that is not an export; --force only replaces exports"
+        )
+    (out / MANIFEST).unlink()  # first: from here on the directory is not a store
+    for shard in manifest["shards"]:
+        for kind in ("bin", "idx"):
+            (out / Path(shard[kind]).name).unlink(missing_ok=True)
+    return False
 
 
 def export_mix(
@@ -26,13 +85,15 @@ def export_mix(
     stop: int | None = None,
     progress: bool = True,
     shard_blocks: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Write blocks [start, stop) as a token store, one sequence of seq_len + 1 tokens each.
 
     For trainers that cannot call Python: sequence k of the output (tokens
     [k (seq_len + 1), (k + 1) (seq_len + 1)) of the concatenated .bin files) is global block
     start + k. Shards appear under their final names only when complete and the manifest,
-    which records the spec and the range, is written last.
+    which records the spec, the range and the source stores (`export_record`), is written last.
+    The same export into the same directory is reused as is; `force` rewrites a different one.
     """
     stop = len(sampler) if stop is None else stop
     if not 0 <= start < stop <= len(sampler):
@@ -46,8 +107,10 @@ def export_mix(
             "an export holds every block of its range, so export the ranges around them"
         )
     out = Path(out_dir)
-    if (out / MANIFEST).exists():
-        raise MixerError(f"{out}: already a token store; export into a new directory")
+    record = export_record(sampler, start, stop)
+    if existing_export(out, record, force):
+        logger.info("%s already holds this export; reused", out)
+        return out
     out.mkdir(parents=True, exist_ok=True)
     width = sampler.seq_len + 1
     per_shard = shard_blocks or max(1, SHARD_BYTES // (width * sampler.dtype.itemsize))
@@ -70,20 +133,12 @@ def export_mix(
         if writer is not None:
             writer.abort()
     first_store = sampler.stores[0]
-    mix = {
-        "spec": sampler.spec.to_dict(),
-        "start": start,
-        "stop": stop,
-        "sequence_tokens": width,
-    }
-    if sampler.amendments:
-        mix["steering"] = steering_state(sampler)
     manifest = build_manifest(
         shards,
         tokenizer=first_store.manifest["tokenizer"],
         eos_id=first_store.eos_id,
         dtype=sampler.dtype,
-        mix=mix,
+        mix=record,
     )
     write_json_atomic(out / MANIFEST, manifest)
     return out

@@ -3,8 +3,9 @@
 A spec is plain data validated on construction, so a typo fails before any store is opened::
 
     seq_len = 2048
-    seed = 1234
-    total_tokens = 10_000_000_000     # or: steps = N and global_batch_size = B
+    seed = 1234                       # optional, default 0
+    total_tokens = "10B"              # or 10_000_000_000; or: steps = N and global_batch_size = B
+    normalize = false                 # true: weights are relative (70/20/10) and scaled to sum 1
 
     [[source]]
     name = "web"
@@ -36,16 +37,24 @@ even when their token counts are not multiples of `seq_len`.
 `skip_steps = [[a, b], ...]` (with `global_batch_size`) makes the loaders skip global steps
 [a, b): their blocks are consumed, not re-drawn, so every later step is unchanged.
 
+Token counts (`total_tokens`, a phase's `tokens`) may be strings with a suffix, read by
+`mixer.units.parse_count`: "200B", "6.8M", "32k". With `normalize = true` every weight table
+(the sources' `weight`s, each phase's `weights`) is divided by its sum, as Megatron's
+`--data-path 70 a 20 b 10 c` does; without it weights must sum to 1, so a typo cannot silently
+shift a mix. `to_dict` writes the normalized weights, so a recorded spec needs no flag.
+
 Checks that need the stores (tokenizer mismatch, a store too small for one block, max_repeats)
 happen when `mixer.mix.sampler.MixSampler` opens them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +63,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from mixer.errors import SpecError
+from mixer.errors import MixerError, SpecError
+from mixer.units import parse_count
 
 WEIGHT_TOLERANCE = 1e-9
 BASE_PHASE = "main"
+DEFAULT_SEED = 0  # a spec without `seed`
 
 _TOP_KEYS = (
     "seq_len",
@@ -66,6 +77,7 @@ _TOP_KEYS = (
     "steps",
     "global_batch_size",
     "skip_steps",
+    "normalize",
     "source",
     "phase",
 )
@@ -407,11 +419,24 @@ class MixSpec:
         """Read a TOML spec; relative store paths resolve against the file's directory."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except FileNotFoundError:
             raise SpecError(f"{path}: spec file not found") from None
+        except IsADirectoryError:
+            raise SpecError(f"{path}: is a directory, not a mix spec (TOML)") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SpecError(f"{path}: invalid TOML ({e})") from None
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{path}: invalid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a mix spec must be a table of keys")
+        pipeline = sorted({"stores", "mix", "tokenizer"} & set(data))
+        if pipeline:
+            raise SpecError(
+                f"{path}: this is a pipeline recipe (it has {pipeline[0]!r}), not a mix spec: "
+                f"use `mixer run {path} --out DIR`"
+            )
         return cls.from_dict(data, base_dir=path.parent)
 
     @classmethod
@@ -420,6 +445,9 @@ class MixSpec:
     ) -> MixSpec:
         """Build from parsed TOML; unknown keys are errors so that typos cannot pass silently."""
         _no_unknown_keys("spec", data, _TOP_KEYS)
+        normalize = data.get("normalize", False)
+        if not isinstance(normalize, bool):
+            raise SpecError(f"normalize: must be true or false, got {normalize!r}")
         sources = []
         for number, entry in enumerate(_tables(data, "source")):
             _no_unknown_keys(f"source[{number}]", entry, _SOURCE_KEYS)
@@ -431,21 +459,29 @@ class MixSpec:
             sources.append(
                 SourceSpec(entry["name"], store, entry.get("weight"), entry.get("max_repeats"))
             )
+        if normalize and any(s.weight is not None for s in sources):
+            weights = _normalized("source.weight", {s.name: s.weight for s in sources})
+            sources = [replace(s, weight=weights[s.name]) for s in sources]
         phases = []
         for number, entry in enumerate(_tables(data, "phase")):
             _no_unknown_keys(f"phase[{number}]", entry, _PHASE_KEYS)
             if "name" not in entry or "weights" not in entry:
                 raise SpecError(f"phase[{number}]: needs name and weights")
+            weights = entry["weights"]
+            if normalize and isinstance(weights, Mapping):
+                weights = _normalized(f"phase '{entry.get('name')}'.weights", weights)
             extent = {k: entry[k] for k in _PHASE_EXTENT if k in entry}
-            phases.append(PhaseSpec(entry["name"], entry["weights"], **extent))
-        for key in ("seq_len", "seed"):
-            if key not in data:
-                raise SpecError(f"{key}: missing")
+            for key in ("tokens", "start_tokens"):
+                if key in extent:
+                    extent[key] = _count(f"phase '{entry.get('name')}'.{key}", extent[key])
+            phases.append(PhaseSpec(entry["name"], weights, **extent))
+        if "seq_len" not in data:
+            raise SpecError("seq_len: missing")
         return cls(
             seq_len=data["seq_len"],
-            seed=data["seed"],
+            seed=data.get("seed", DEFAULT_SEED),
             sources=tuple(sources),
-            total_tokens=data.get("total_tokens"),
+            total_tokens=_count("total_tokens", data.get("total_tokens")),
             steps=data.get("steps"),
             global_batch_size=data.get("global_batch_size"),
             phases=tuple(phases),
@@ -471,6 +507,26 @@ class MixSpec:
                 for p in self.phases
             ]
         return out
+
+
+def _count(key: str, value: object) -> object:
+    """A token count given as a string with a suffix ("200B") as an int; anything else as is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_count(value, key)
+    except MixerError as e:
+        raise SpecError(str(e)) from None
+
+
+def _normalized(key: str, weights: Mapping[str, object]) -> dict[str, float]:
+    """Relative weights (70/20/10) scaled to sum to 1, exactly where the inputs are integers."""
+    for name, weight in weights.items():
+        _check_weight(f"{key}.{name}", weight)
+    total = sum(Fraction(w) for w in weights.values())
+    if total <= 0:
+        raise SpecError(f"{key}: weights sum to 0; normalize needs a positive total")
+    return {name: float(Fraction(w) / total) for name, w in weights.items()}
 
 
 def _tables(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:

@@ -37,6 +37,11 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
         raise StoreError(
             f"{root}: not a token store (no {MANIFEST}; unfinished or wrong path?)"
         ) from None
+    except NotADirectoryError:
+        raise StoreError(
+            f"{root}: is a file, not a token store (a store is a directory holding {MANIFEST}; "
+            "mixer tokenize makes one)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: manifest is not valid JSON ({e})") from None
     return check_manifest(manifest, path)
