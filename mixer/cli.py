@@ -234,11 +234,12 @@ def tokenize(
 
 
 @app.command(
-    epilog="Example:  mixer peek musicpile/data --field src --limit 5000",
+    epilog=examples("mixer peek pipelines/samples/musicpile/data --field src --limit 5000"),
 )
 def peek(
     inputs: Annotated[
-        list[str], typer.Argument(help="Files, directories or globs; local or fsspec URLs.")
+        list[str],
+        typer.Argument(metavar="INPUT", help="Files, directories or globs; local or fsspec URLs."),
     ],
     field: Annotated[
         str | None, typer.Option(help="Count this field's most common values (dotted paths ok).")
@@ -390,9 +391,11 @@ def mix(
 
 
 @app.command(
-    epilog="Examples:  mixer explain pipelines/example-mix.toml --step 120\n\n"
-    "           mixer explain mix.toml --step 120 --global-batch-size 512 --rank 3 "
-    "--world-size 8 --json",
+    epilog=examples(
+        "mixer explain pipelines/quickstart-mix.toml --step 120 --global-batch-size 8",
+        "mixer explain pipelines/quickstart-mix.toml --step 12 --global-batch-size 64 "
+        "--rank 3 --world-size 8 --json",
+    ),
 )
 def explain(
     spec: Annotated[str, typer.Argument(help="Mix spec (TOML).")],
