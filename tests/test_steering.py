@@ -464,3 +464,25 @@ def test_a_policy_must_match_the_mix_and_be_attached_before_its_state_loads(stor
     state = it.state_dict()
     with pytest.raises(MixerError, match="attach the same policy"):
         BatchIterator(MixSampler(steps_spec(stores)), batch_size=4).load_state_dict(state)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=cases(), at=st.floats(0, 1, exclude_max=True), weights=st.data())
+def test_an_amendment_keeps_the_past_continues_every_source_and_is_exact_on_every_prefix(
+    case, at, weights
+):
+    with tempfile.TemporaryDirectory() as tmp:
+        before = MixSampler(case.spec(Path(tmp)))
+    start = int(at * len(before))
+    k = len(case.names)
+    ints = weights.draw(st.lists(st.integers(0, 9), min_size=k, max_size=k).filter(any))
+    after = before.amended(normalized(case.names, ints), at_block=start)
+    old, new = located(before), located(after)
+    assert all(np.array_equal(a[:start], b[:start]) for a, b in zip(old[:3], new[:3], strict=True))
+    assert after.fingerprint(start) == before.fingerprint(start)
+    assert_draws_continue(after)
+    table = next(t for t in after.phases if t.start == start and "@" in t.name)
+    counts = after.source_counts(np.arange(start, start + table.blocks + 1))
+    counts -= after.source_counts([start])
+    n = np.arange(table.blocks + 1)[:, None]
+    assert np.all(np.abs(counts - np.array(table.targets) * n) < 1 + 1e-9)
