@@ -254,8 +254,7 @@ class _SourceReader:
         self.width = seq_len + 1
         self.seq_len = seq_len
         self.offsets = [int(x) for x in store.token_offsets]
-        # ndarray views over the memmaps: slicing a np.memmap costs microseconds, a view does not
-        self.views = [shard.tokens.view(np.ndarray) for shard in store.shards]
+        self.shards = store.shards  # mapped on first use, a bounded number at a time
 
     def slice(self, block: int) -> np.ndarray:
         """The block's tokens: a view into one shard, or a new array when it spans two."""
@@ -263,7 +262,7 @@ class _SourceReader:
         shard = bisect_right(self.offsets, start) - 1
         lo = start - self.offsets[shard]
         if start + self.width <= self.offsets[shard + 1]:
-            return self.views[shard][lo : lo + self.width]
+            return self.shards[shard].tokens[lo : lo + self.width]
         return self.store.tokens(start, start + self.width)
 
     def positions(self, block: int) -> np.ndarray:

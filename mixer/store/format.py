@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,16 +145,18 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, json_bytes(obj))
 
 
+def _is_plain_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\\x00")
+    )
+
+
 def safe_member(root: Path, name: object) -> Path:
     """Resolve a manifest file name, refusing anything that could point outside the store."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\x00" in name
-    ):
+    if not _is_plain_name(name):
         raise StoreError(
             f"{root / MANIFEST}: file name {name!r} is not a plain name inside the store"
         )
@@ -182,29 +186,52 @@ def encode_index(lengths: np.ndarray, dtype: np.dtype) -> bytes:
     )
 
 
+def map_file(path: str | os.PathLike) -> np.ndarray:
+    """The whole file as a read-only uint8 array backed by one memory map, no copy.
+
+    The file is closed before this returns. CPython's `mmap` keeps a duplicate of the
+    descriptor for the life of the map unless told not to (`trackfd=False`, Python 3.13+), so
+    on older Pythons each live map holds one descriptor: `mixer.store.reader` bounds how many
+    shards stay mapped.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return np.zeros(0, np.uint8)
+        extra = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ, **extra)
+    return np.frombuffer(mapped, dtype=np.uint8)
+
+
 @dataclass(frozen=True)
 class Index:
-    """A parsed .idx file; arrays are read-only memory maps."""
+    """A parsed .idx file; arrays are read-only views of one memory map of the file."""
 
     dtype: np.dtype
     lengths: np.ndarray  # int32 tokens per document
     pointers: np.ndarray  # int64 byte offset of each document in the .bin
+    documents: np.ndarray  # int64 document indices 0..N
+    raw: np.ndarray  # the whole file, uint8
 
     @property
     def num_documents(self) -> int:
         return len(self.lengths)
 
 
-def read_index(path: str | os.PathLike) -> Index:
-    """Parse and validate every header field of a .idx file (numpy.lib.format style)."""
+def read_index_header(path: str | os.PathLike) -> tuple[np.dtype, int]:
+    """(dtype, documents) of a .idx file, every header field and the file size checked.
+
+    Reads 34 bytes and closes the file: what `TokenStore.open` does for every shard.
+    """
     path = Path(path)
-    size = path.stat().st_size
-    if size < IDX_HEADER.size:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        header = f.read(IDX_HEADER.size)
+    if len(header) < IDX_HEADER.size:
         raise StoreError(
             f"{path}: index is {size} bytes, shorter than its {IDX_HEADER.size}-byte header"
         )
-    with open(path, "rb") as f:
-        magic, version, code, n_seq, n_doc = IDX_HEADER.unpack(f.read(IDX_HEADER.size))
+    magic, version, code, n_seq, n_doc = IDX_HEADER.unpack(header)
     if magic != IDX_MAGIC:
         raise StoreError(f"{path}: not a Megatron index (magic {magic!r}, expected {IDX_MAGIC!r})")
     if version != IDX_VERSION:
@@ -218,29 +245,165 @@ def read_index(path: str | os.PathLike) -> Index:
         raise StoreError(
             f"{path}: index is {size} bytes, expected {expected} for {n_seq} documents"
         )
-    if n_seq == 0:
-        empty32, empty64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
-        return Index(CODE_DTYPES[code], empty32, empty64)
-    lengths = np.memmap(path, dtype="<i4", mode="r", offset=IDX_HEADER.size, shape=(n_seq,))
-    pointers = np.memmap(
-        path, dtype="<i8", mode="r", offset=IDX_HEADER.size + 4 * n_seq, shape=(n_seq,)
+    return CODE_DTYPES[code], n_seq
+
+
+def read_index(path: str | os.PathLike) -> Index:
+    """Parse a .idx file (header checked as in `read_index_header`), mapped once."""
+    dtype, n = read_index_header(path)
+    data = map_file(path)
+    if len(data) != index_size(n):  # replaced between the two reads
+        raise StoreError(f"{path}: index changed while it was being opened")
+    head = IDX_HEADER.size
+    return Index(
+        dtype,
+        np.frombuffer(data, "<i4", n, head),
+        np.frombuffer(data, "<i8", n, head + 4 * n),
+        np.frombuffer(data, "<i8", n + 1, head + 12 * n),
+        data,
     )
-    return Index(CODE_DTYPES[code], lengths, pointers)
+
+
+def check_index(index: Index, path: str | os.PathLike, dtype: np.dtype, tokens: int) -> None:
+    """Refuse an index that could serve tokens other than its shard's documents.
+
+    Lengths are non-negative and add up to the shard's `tokens`, byte offsets are exactly the
+    running sums of the lengths (so documents tile the .bin, none overlaps another or reaches
+    past the end), document indices are 0..N, and the dtype is the manifest's. O(documents).
+    """
+    if index.dtype != dtype:
+        raise StoreError(f"{path}: dtype {index.dtype} but the manifest says {dtype}")
+    lengths = index.lengths
+    if len(lengths) and int(lengths.min()) < 0:
+        bad = int(np.flatnonzero(lengths < 0)[0])
+        raise StoreError(f"{path}: document {bad} has negative length {int(lengths[bad])}")
+    ends = np.cumsum(lengths, dtype=np.int64)
+    total = int(ends[-1]) if len(ends) else 0
+    if total != tokens:
+        raise StoreError(
+            f"{path}: document lengths add up to {total} tokens, the shard has {tokens}"
+        )
+    starts = (ends - lengths) * dtype.itemsize
+    if not np.array_equal(index.pointers, starts):
+        bad = int(np.flatnonzero(index.pointers != starts)[0])
+        raise StoreError(
+            f"{path}: document {bad} starts at byte {int(index.pointers[bad])}, but the lengths "
+            f"before it put it at {int(starts[bad])}"
+        )
+    if not np.array_equal(index.documents, np.arange(len(lengths) + 1)):
+        raise StoreError(f"{path}: document indices are not 0..{len(lengths)}")
+
+
+# Counts are stored as JSON integers and summed in int64: anything at or past this is refused.
+MAX_COUNT = 1 << 62
+
+
+def _require(path: object, where: str, key: str, value: object, kind: str) -> None:
+    ok = {
+        "count": isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT,
+        "text": isinstance(value, str) and bool(value),
+        "sha256": isinstance(value, str) and len(value) == 64,
+    }[kind]
+    if not ok:
+        wanted = {
+            "count": "an integer in [0, 2**62)",
+            "text": "a non-empty string",
+            "sha256": "a 64-character sha256 hex digest",
+        }[kind]
+        raise StoreError(f"{path}: {where}{key} is {_show(value)}, expected {wanted}")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_manifest(manifest: Any, path: str | os.PathLike) -> dict[str, Any]:
-    """Validate a parsed manifest; `path` names it in errors (a file or a URL)."""
+    """Validate a parsed manifest strictly; `path` names it in errors (a file or a URL).
+
+    Every field a reader uses has its exact JSON type (an integer is not `1.0`, `"1"` or
+    `true`), counts are in [0, 2**62), file names are plain and used once, and the totals, when
+    present, are the sums over the shards. What needs the files is checked by
+    `TokenStore.open`.
+    """
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreError(f"{path}: not a mixer token store manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
         raise StoreError(
-            f"{path}: format_version {manifest.get('format_version')!r} is not supported "
+            f"{path}: format_version {version!r} is not supported "
             f"(this mixer reads {FORMAT_VERSION})"
         )
-    if manifest.get("dtype") not in DTYPE_NAMES:
+    dtype = manifest.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+        raise StoreError(f"{path}: dtype {_show(dtype)} is not one of {list(DTYPE_NAMES)}")
+    tokenizer = manifest.get("tokenizer")
+    if not isinstance(tokenizer, dict):
+        raise StoreError(f"{path}: tokenizer is {_show(tokenizer)}, expected an object")
+    _require(path, "tokenizer.", "sha256", tokenizer.get("sha256"), "text")
+    _require(path, "tokenizer.", "vocab_size", tokenizer.get("vocab_size"), "count")
+    if tokenizer["vocab_size"] < 1 or dtype_for_vocab(tokenizer["vocab_size"]).name != dtype:
         raise StoreError(
-            f"{path}: dtype {manifest.get('dtype')!r} is not one of {list(DTYPE_NAMES)}"
+            f"{path}: tokenizer.vocab_size {tokenizer['vocab_size']} does not go with dtype "
+            f"{dtype} (uint16 holds vocabularies up to 65536, int32 larger ones)"
         )
-    if not isinstance(manifest.get("shards"), list):
+    eos_id = manifest.get("eos_id")
+    if eos_id is not None:
+        _require(path, "", "eos_id", eos_id, "count")
+        if eos_id >= tokenizer["vocab_size"]:
+            raise StoreError(
+                f"{path}: eos_id {eos_id} is not below vocab_size {tokenizer['vocab_size']}"
+            )
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
         raise StoreError(f"{path}: 'shards' must be a list")
+    itemsize = DTYPE_NAMES[dtype].itemsize
+    names: set[str] = set()
+    files: set[str] = set()
+    for number, entry in enumerate(shards):
+        where = f"shards[{number}]."
+        if not isinstance(entry, dict):
+            raise StoreError(f"{path}: shards[{number}] is {_show(entry)}, expected an object")
+        _require(path, where, "documents", entry.get("documents"), "count")
+        _require(path, where, "tokens", entry.get("tokens"), "count")
+        if "name" in entry:
+            _require(path, where, "name", entry["name"], "text")
+            if entry["name"] in names:
+                raise StoreError(f"{path}: shard name {entry['name']!r} is listed twice")
+            names.add(entry["name"])
+        expected = {
+            "bin": entry["tokens"] * itemsize,
+            "idx": index_size(entry["documents"]),
+            "rec": None,
+        }
+        for kind in shard_files(entry):
+            if not _is_plain_name(entry.get(kind)):
+                raise StoreError(
+                    f"{path}: file name {entry.get(kind)!r} is not a plain name inside the store"
+                )
+            if entry[kind] in files:
+                raise StoreError(f"{path}: file {entry[kind]!r} is listed twice")
+            files.add(entry[kind])
+            for key, check in ((f"{kind}_bytes", "count"), (f"{kind}_sha256", "sha256")):
+                if key in entry or kind == "rec":
+                    _require(path, where, key, entry.get(key), check)
+            size = entry.get(f"{kind}_bytes")
+            if size is not None and expected[kind] is not None and size != expected[kind]:
+                raise StoreError(
+                    f"{path}: {where}{kind}_bytes is {size}, but {entry['documents']} documents "
+                    f"of {entry['tokens']} {dtype} tokens need {expected[kind]}"
+                )
+    for key, field in (("num_documents", "documents"), ("num_tokens", "tokens")):
+        if key in manifest:
+            total = sum(entry[field] for entry in shards)
+            _require(path, "", key, manifest[key], "count")
+            if manifest[key] != total:
+                raise StoreError(f"{path}: {key} is {manifest[key]}, the shards hold {total}")
+    if "num_shards" in manifest and manifest["num_shards"] != len(shards):
+        raise StoreError(
+            f"{path}: num_shards is {_show(manifest['num_shards'])}, {len(shards)} are listed"
+        )
+    for field in ("documents", "tokens"):
+        if sum(entry[field] for entry in shards) >= MAX_COUNT:
+            raise StoreError(f"{path}: the shards' {field} add up past 2**62")
     return manifest

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
+import itertools
 import json
 import os
-from dataclasses import dataclass
+import stat
+import sys
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,10 +26,12 @@ from mixer.store.format import (
     MANIFEST,
     RECORD_DTYPES,
     Index,
+    check_index,
     check_manifest,
-    encode_index,
     index_size,
+    map_file,
     read_index,
+    read_index_header,
     record_base,
     safe_member,
     sha256_file,
@@ -47,40 +56,150 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     return check_manifest(manifest, path)
 
 
-@dataclass
+def _mapped_shard_bound() -> int:
+    """How many shards may stay mapped at once in this process (all stores together).
+
+    A map holds no file descriptor on Python 3.13+ (`map_file`); before that each holds one,
+    and a mapped shard has up to three (.bin, .idx, .rec), so the bound keeps them to 3/8 of
+    the soft RLIMIT_NOFILE: 128 shards under `ulimit -n 1024`. 8192 at most either way, so the
+    maps stay far below Linux's default vm.max_map_count (65530).
+    """
+    if sys.version_info >= (3, 13):
+        return 8192
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    if soft == getattr(sys.modules.get("resource"), "RLIM_INFINITY", -1) or soft < 0:
+        soft = 1 << 16
+    return max(8, min(8192, soft // 8))
+
+
+class MappedShards:
+    """Process-wide LRU of the shards whose files are memory-mapped.
+
+    `TokenStore.open` maps nothing; a shard's files are mapped on first use and unmapped (their
+    arrays dropped) when more than `capacity` shards are mapped, least recently used first. So
+    a store of any number of shards, and a mix of any number of stores, opens, mixes, inspects
+    and verifies under a default `ulimit -n`. Arrays already handed out keep their map (and, on
+    Python < 3.13, its descriptor) alive until they are released.
+    """
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self._lru: OrderedDict[int, weakref.ref] = OrderedDict()
+        self._lock = threading.Lock()
+        self._serial = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def serial(self) -> int:
+        return next(self._serial)
+
+    def touch(self, shard: Shard) -> None:
+        """Mark `shard` used now; evict the least recently used beyond the capacity."""
+        key = shard.serial
+        with self._lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return
+            self._lru[key] = weakref.ref(shard, lambda _, key=key: self._lru.pop(key, None))
+            if self.capacity is None:
+                self.capacity = _mapped_shard_bound()
+            while len(self._lru) > self.capacity:
+                _, ref = self._lru.popitem(last=False)
+                old = ref()
+                if old is not None:
+                    old.unmap()
+
+
+MAPPED_SHARDS = MappedShards()
+
+
+@dataclass(eq=False)
 class Shard:
+    """One shard's files; `tokens`, `index` and `records` map them lazily (see `MappedShards`).
+
+    The first use of `index` in a process checks it against the manifest entry: its sha256
+    (when the entry has one) and `check_index`, once per shard, O(documents).
+    """
+
     name: str
     bin_path: Path
     idx_path: Path
     entry: dict[str, Any]
     rec_path: Path | None = None
+    dtype: np.dtype = field(default=np.dtype(np.uint16))
 
-    @cached_property
+    def __post_init__(self) -> None:
+        self.serial = MAPPED_SHARDS.serial()
+        self._maps: dict[str, Any] = {}
+        self._index_checked = False
+
+    def unmap(self) -> None:
+        self._maps = {}
+
+    def _get(self, kind: str) -> Any:
+        maps = self._maps
+        value = maps.get(kind)
+        if value is None:
+            value = maps[kind] = self._map(kind)
+        MAPPED_SHARDS.touch(self)
+        return value
+
+    def _map(self, kind: str) -> Any:
+        documents, tokens = self.entry["documents"], self.entry["tokens"]
+        if kind == "index":
+            index = read_index(self.idx_path)
+            if not self._index_checked:
+                self._check(index)
+                self._index_checked = True
+            return index
+        if kind == "records":
+            dtype = RECORD_DTYPES[self.entry["rec_dtype"]]
+            data = map_file(self.rec_path)
+            if len(data) != documents * dtype.itemsize:
+                raise StoreError(f"{self.rec_path}: changed since the store was opened")
+            return np.frombuffer(data, dtype, documents)
+        data = map_file(self.bin_path)
+        if len(data) != tokens * self.dtype.itemsize:
+            raise StoreError(f"{self.bin_path}: changed since the store was opened")
+        return np.frombuffer(data, self.dtype.newbyteorder("<"), tokens)
+
+    def _check(self, index: Index) -> None:
+        want = self.entry.get("idx_sha256")
+        if want is not None and hashlib.sha256(index.raw).hexdigest() != want:
+            raise StoreError(
+                f"{self.idx_path}: sha256 does not match the manifest (replaced or swapped?)"
+            )
+        check_index(index, self.idx_path, self.dtype, self.entry["tokens"])
+
+    @property
     def records(self) -> np.ndarray | None:
         """Each document's record number within its task (NAME.rec), or None without one."""
-        if self.rec_path is None:
-            return None
-        n, dtype = int(self.entry["documents"]), RECORD_DTYPES[self.entry["rec_dtype"]]
-        if n == 0:
-            return np.zeros(0, dtype)
-        return np.memmap(self.rec_path, dtype=dtype, mode="r", shape=(n,))
+        return None if self.rec_path is None else self._get("records")
 
-    @cached_property
+    @property
     def index(self) -> Index:
-        return read_index(self.idx_path)
+        """The parsed .idx, checked on first use (see the class docstring)."""
+        return self._get("index")
 
-    @cached_property
+    @property
     def tokens(self) -> np.ndarray:
-        n, dtype = self.entry["tokens"], self.index.dtype
-        if n == 0:
-            return np.zeros(0, dtype)
-        return np.memmap(self.bin_path, dtype=dtype.newbyteorder("<"), mode="r", shape=(n,))
+        """The shard's tokens in the manifest's dtype, a read-only view of the mapped .bin."""
+        return self._get("tokens")
 
 
 class TokenStore:
     """Read-only view of a token store: documents and a concatenated token stream, memory-mapped.
 
-    `open` checks the manifest and the file sizes (cheap); `verify` recomputes checksums.
+    `open` checks the manifest strictly (`check_manifest`), every file's size, that no file
+    is a symlink leaving the store or aliasing another, and every .idx header (dtype and
+    document count against the manifest); it maps nothing. Each shard's index is checked in
+    full on first use; `verify` recomputes every checksum.
     """
 
     def __init__(self, root: Path, manifest: dict[str, Any]):
@@ -88,37 +207,63 @@ class TokenStore:
         self.manifest = manifest
         self.dtype = DTYPE_NAMES[manifest["dtype"]]
         self.shards: list[Shard] = []
+        seen: dict[str, str] = {}
         for entry in manifest["shards"]:
-            try:
-                bin_path = safe_member(root, entry["bin"])
-                idx_path = safe_member(root, entry["idx"])
-                documents, tokens = int(entry["documents"]), int(entry["tokens"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise StoreError(
-                    f"{root / MANIFEST}: malformed shard entry {entry!r} ({e})"
-                ) from None
+            bin_path = safe_member(root, entry["bin"])
+            idx_path = safe_member(root, entry["idx"])
+            documents, tokens = entry["documents"], entry["tokens"]
             rec_path = self._check_records(root, entry, documents)
-            self.shards.append(
-                Shard(str(entry.get("name", entry["bin"])), bin_path, idx_path, entry, rec_path)
-            )
+            name = str(entry.get("name", entry["bin"]))
+            self.shards.append(Shard(name, bin_path, idx_path, entry, rec_path, self.dtype))
             paths = ((bin_path, "bin_bytes"), (idx_path, "idx_bytes"))
             if rec_path is not None:
                 paths += ((rec_path, "rec_bytes"),)
             for path, key in paths:
-                if not path.exists():
-                    raise StoreError(f"{path}: shard file listed in the manifest is missing")
-                if key in entry and path.stat().st_size != entry[key]:
+                size = self._file_size(path, seen)
+                if key in entry and size != entry[key]:
                     raise StoreError(
-                        f"{path}: {path.stat().st_size} bytes on disk, manifest says {entry[key]} "
+                        f"{path}: {size} bytes on disk, manifest says {entry[key]} "
                         "(truncated or replaced)"
                     )
-            if tokens * self.dtype.itemsize != bin_path.stat().st_size:
-                raise StoreError(f"{bin_path}: size does not match {tokens} tokens of {self.dtype}")
-            if index_size(documents) != idx_path.stat().st_size:
-                raise StoreError(f"{idx_path}: size does not match {documents} documents")
+                if key == "bin_bytes" and tokens * self.dtype.itemsize != size:
+                    raise StoreError(f"{path}: size does not match {tokens} tokens of {self.dtype}")
+                if key == "idx_bytes" and index_size(documents) != size:
+                    raise StoreError(f"{path}: size does not match {documents} documents")
+            dtype, count = read_index_header(idx_path)
+            if dtype != self.dtype:
+                raise StoreError(f"{idx_path}: dtype {dtype} but the manifest says {self.dtype}")
+            if count != documents:
+                raise StoreError(f"{idx_path}: {count} documents, the manifest says {documents}")
         # Cumulative offsets: shard s holds documents [doc_offsets[s], doc_offsets[s+1]) etc.
-        self.doc_offsets = np.cumsum([0] + [int(s.entry["documents"]) for s in self.shards])
-        self.token_offsets = np.cumsum([0] + [int(s.entry["tokens"]) for s in self.shards])
+        self.doc_offsets = np.cumsum([0] + [s.entry["documents"] for s in self.shards])
+        self.token_offsets = np.cumsum([0] + [s.entry["tokens"] for s in self.shards])
+
+    def _file_size(self, path: Path, seen: dict[str, str]) -> int:
+        """Size of a listed file; a symlink must stay inside the store and alias no other file."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            raise StoreError(f"{path}: shard file listed in the manifest is missing") from None
+        if not seen:
+            seen[""] = os.path.realpath(self.root)
+        root = seen[""]
+        real = os.path.join(root, path.name)
+        if stat.S_ISLNK(info.st_mode):
+            real = os.path.realpath(path)
+            if os.path.commonpath([root, real]) != root:
+                raise StoreError(
+                    f"{path}: a symlink to {real}, outside the store; copy the file in instead"
+                )
+            try:
+                info = os.stat(real)
+            except FileNotFoundError:
+                raise StoreError(f"{path}: a symlink to {real}, which is missing") from None
+        if real in seen:
+            raise StoreError(f"{path}: the same file as {seen[real]}, listed twice")
+        seen[real] = str(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{path}: not a regular file")
+        return info.st_size
 
     @staticmethod
     def _check_records(root: Path, entry: dict[str, Any], documents: int) -> Path | None:
@@ -207,7 +352,8 @@ class TokenStore:
                 s += 1
             base, end = int(self.token_offsets[s]), int(self.token_offsets[s + 1])
             take = min(stop, end)
-            parts.append(self.shards[s].tokens[start - base : take - base])
+            # a copy: a view would keep every shard's map (and descriptor) alive at once
+            parts.append(self.shards[s].tokens[start - base : take - base].copy())
             start = take
         return np.concatenate(parts)
 
@@ -279,18 +425,5 @@ class TokenStore:
                 actual = sha256_file(path)
                 if actual != shard.entry[key]:
                     raise StoreError(f"{path}: sha256 {actual[:12]}… does not match the manifest")
-            index = shard.index
-            if index.dtype != self.dtype:
-                raise StoreError(
-                    f"{shard.idx_path}: dtype {index.dtype} but manifest says {self.dtype}"
-                )
-            if index.num_documents != int(shard.entry["documents"]):
-                raise StoreError(
-                    f"{shard.idx_path}: {index.num_documents} documents, manifest says "
-                    f"{shard.entry['documents']}"
-                )
-            expected = encode_index(np.asarray(index.lengths), self.dtype)
-            if shard.idx_path.read_bytes() != expected:
-                raise StoreError(f"{shard.idx_path}: byte offsets do not follow the lengths")
-            if int(np.asarray(index.lengths, dtype=np.int64).sum()) != int(shard.entry["tokens"]):
-                raise StoreError(f"{shard.idx_path}: lengths do not add up to the shard's tokens")
+            index = read_index(shard.idx_path)
+            check_index(index, shard.idx_path, self.dtype, shard.entry["tokens"])
