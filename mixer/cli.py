@@ -301,6 +301,7 @@ def inspect(
         "eos_id": opened.eos_id,
         "skipped": m.get("skipped", {}),
         "filtered": m.get("filtered", 0),
+        "provenance": opened.has_provenance,
         "job": m.get("job", {}),
     }
     if as_json:
@@ -318,6 +319,12 @@ def inspect(
         f"sha256 {str(tok['sha256'])[:12]}…), eos id {summary['eos_id']}",
         "skipped    "
         + (", ".join(f"{k} {v:,}" for k, v in skipped.items()) if skipped else "none"),
+        "provenance "
+        + (
+            "input file and record per document (mixer explain)"
+            if summary["provenance"]
+            else "none"
+        ),
     ]
     if summary["filtered"]:
         lines.append(f"filtered   {summary['filtered']:,} rows by --where")

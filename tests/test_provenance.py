@@ -39,6 +39,12 @@ def line_corpus(n: int, seed: int) -> tuple[list[str | None], bytes]:
     return texts, ("\n".join(lines) + "\n").encode()
 
 
+def cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    return info.value.code
+
+
 def decoded(tokenizer: Tokenizer, store: TokenStore, d: int) -> str:
     return tokenizer.decode(store.document(d)[:-1].tolist())  # without the EOS
 
@@ -86,6 +92,14 @@ def test_every_document_names_its_input_and_record(corpus, tokenizer_path):
         seen[url].add(record)
     for url, texts in expected.items():  # every good record once, nothing else
         assert seen[url] == {k for k, t in enumerate(texts) if t is not None}
+
+
+def test_inspect_says_whether_a_store_has_provenance(corpus, tmp_path, capsys):
+    assert cli("inspect", str(corpus["store"].root), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["provenance"] is True
+    write_store(tmp_path / "old", [[1, 2, 0]] * 3, vocab_size=10, eos_id=0)
+    assert cli("inspect", str(tmp_path / "old")) == 0
+    assert "provenance none" in capsys.readouterr().out
 
 
 def test_stores_without_provenance_still_open_and_mix(tmp_path):
@@ -150,12 +164,6 @@ def test_provenance_pieces_tile_the_block_with_the_documents_tokens(mix_spec):
         )
         assert np.array_equal(rebuilt, sampler[i])
         assert all(p["source"] == "prov" and p["input"] is not None for p in pieces)
-
-
-def cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    return info.value.code
 
 
 def test_mixer_explain_prints_each_row_s_documents(mix_spec, capsys, tokenizer_path):
