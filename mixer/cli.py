@@ -159,8 +159,9 @@ def tokenize(
     backend: Annotated[
         str,
         typer.Option(
-            metavar="auto|hf|fast",
-            help="auto: the fast engine once verified id-for-id on this input; hf; fast.",
+            metavar="auto|hf|fast|giga",
+            help="auto: the first faster engine verified id-for-id on this input; hf; "
+            "fast (fastokens); giga (gigatoken).",
         ),
     ] = "auto",
     chunk_mb: Annotated[

@@ -19,6 +19,7 @@ uploads `manifest.json` last. Nothing needs a filesystem shared between nodes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -31,8 +32,9 @@ from typing import Any
 from mixer.errors import MixerError
 from mixer.ingest import inputs, readers, where
 from mixer.ingest.encoders import (
+    AUTO_ORDER,
     TokenizerInfo,
-    fast_available,
+    engine_available,
     load_tokenizer,
     verify_backend,
 )
@@ -47,6 +49,8 @@ from mixer.store import cache, remote
 from mixer.store.format import MANIFEST, dtype_for_vocab, json_bytes, shard_files, write_json_atomic
 from mixer.store.reader import read_manifest
 from mixer.store.writer import build_manifest
+
+logger = logging.getLogger(__name__)
 
 VERIFY_DOCUMENTS_PER_FILE = 32
 
@@ -291,15 +295,27 @@ def verification_sample(tasks: list[inputs.Task], options: readers.ReadOptions):
 def resolve_backend(
     requested: str, info: TokenizerInfo, tasks: list[inputs.Task], options: readers.ReadOptions
 ) -> str:
-    """'hf', or 'fast' only once it matched hf id for id on this tokenizer and this input."""
-    if requested == "hf" or (requested == "auto" and fast_available() is None):
+    """'hf', or a faster engine's backend only once it matched hf id for id on this tokenizer
+    and this input: the one named, or for 'auto' the first of AUTO_ORDER that is verified."""
+    if requested == "hf":
         return "hf"
-    mismatch = verify_backend(info, verification_sample(tasks, options))
-    if mismatch is None:
-        return "fast"
-    if requested == "fast":
-        raise MixerError(f"--backend fast refused: {mismatch}; use --backend hf or auto")
-    print(f"mixer tokenize: warning: using the hf backend: {mismatch}", file=sys.stderr)
+    candidates = (
+        [b for b in AUTO_ORDER if engine_available(b)] if requested == "auto" else [requested]
+    )
+    if not candidates:
+        return "hf"
+    sample = verification_sample(tasks, options)
+    refusals = []
+    for backend in candidates:
+        mismatch = verify_backend(info, sample, backend)
+        if mismatch is None:
+            if refusals:
+                logger.info("using --backend %s; %s", backend, "; ".join(refusals))
+            return backend
+        if requested != "auto":
+            raise MixerError(f"--backend {backend} refused: {mismatch}; use --backend hf or auto")
+        refusals.append(mismatch)
+    print(f"mixer tokenize: warning: using the hf backend: {'; '.join(refusals)}", file=sys.stderr)
     return "hf"
 
 

@@ -1,6 +1,8 @@
 """Tokenizer engines: HF `tokenizers` (the reference) and faster engines verified against it.
 
-A faster engine is used only where it produced the reference's ids on this input (`verify_backend`).
+A faster engine (`fast`: fastokens, `giga`: gigatoken) is used only where it produced the
+reference's ids on this input (`verify_backend`); what an engine is known to ignore in a
+tokenizer.json (padding, truncation, `single_word` added tokens) is refused before that.
 """
 
 from __future__ import annotations
@@ -206,27 +208,113 @@ class FastEncoder:
         return lengths + 1, np.insert(ids, offsets[1:], np.uint32(self.eos_id))
 
 
-def make_encoder(info: TokenizerInfo, backend: str) -> HFEncoder | FastEncoder:
-    """The encoder for `--backend hf|fast`; 'auto' is resolved by the caller with verify_backend."""
+GIGA_ENGINE = "gigatoken"
+
+
+GIGA_REQUIREMENT = "gigatoken>=0.10,<0.11"
+
+
+def giga_available() -> str | None:
+    """gigatoken's name if it is installed here, else None (it is optional at runtime)."""
+    return GIGA_ENGINE if importlib.util.find_spec(GIGA_ENGINE) else None
+
+
+def _giga_ignores(text: str) -> str | None:
+    """What of this tokenizer.json gigatoken 0.10 silently ignores (probed against hf), if any.
+
+    It pads and truncates nothing and treats `single_word` added tokens as plain added tokens
+    (hf matches those only at word boundaries); the first document that shows it may come late.
+    """
+    config = json.loads(text)
+    if config.get("padding"):
+        return "enables padding"
+    if config.get("truncation"):
+        return "enables truncation"
+    single = [t.get("content") for t in config.get("added_tokens") or [] if t.get("single_word")]
+    if single:
+        return f"has single_word added tokens ({', '.join(map(repr, single[:3]))})"
+    return None
+
+
+class GigaEncoder:
+    """`HFEncoder`'s contract on `gigatoken`, on the calling thread (Ray provides parallelism).
+
+    threads > 1 encodes on gigatoken's process-wide pool. Raises `MixerError` saying why when
+    the engine is missing or cannot encode like `info`.
+    """
+
+    name = GIGA_ENGINE
+
+    def __init__(self, info: TokenizerInfo, threads: int = 1):
+        if giga_available() is None:
+            raise MixerError(f"{GIGA_ENGINE} is not installed (pip install '{GIGA_REQUIREMENT}')")
+        ignored = load_once("giga-ignores", info, _giga_ignores)
+        if ignored:
+            raise MixerError(f"{info.name} {ignored}, which {GIGA_ENGINE} ignores")
+        import gigatoken
+
+        try:
+            self.tokenizer = load_once(GIGA_ENGINE, info, gigatoken.Tokenizer.from_json)
+        except Exception as e:  # a RuntimeError naming the unsupported component, usually
+            reason = str(e).strip().splitlines()[0]  # one line, for the fallback warning
+            raise MixerError(f"{GIGA_ENGINE} cannot load {info.name}: {reason}") from None
+        self.parallel = threads > 1
+        self.eos_id = info.eos_id
+
+    def encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token lengths (EOS included, int64) and the concatenated uint32 ids of a batch."""
+        # An awkward ListOffsetArray: offsets into one flat uint32 buffer, read without copies.
+        layout = self.tokenizer.encode_batch(texts, parallel=self.parallel).layout
+        offsets = np.asarray(layout.offsets.data, dtype=np.intp)
+        ids = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
+        lengths = np.diff(offsets).astype(np.int64)
+        if self.eos_id is None:
+            return lengths, ids
+        return lengths + 1, np.insert(ids, offsets[1:], np.uint32(self.eos_id))
+
+
+Encoder = HFEncoder | FastEncoder | GigaEncoder
+
+
+# The verified engines by backend name, and the order `auto` tries them in: the faster first
+# (BENCHMARKS.md, "Tokenization engines": gigatoken and fastokens on the same 32k and 50k BPEs).
+ENGINES: dict[str, type[FastEncoder] | type[GigaEncoder]] = {
+    "giga": GigaEncoder,
+    "fast": FastEncoder,
+}
+AUTO_ORDER = ("fast", "giga")
+
+
+def engine_available(backend: str) -> bool:
+    """Whether the engine behind a verified backend ('fast', 'giga') is installed here."""
+    return (fast_available() if backend == "fast" else giga_available()) is not None
+
+
+def make_encoder(info: TokenizerInfo, backend: str) -> Encoder:
+    """The encoder for `--backend hf|fast|giga`; 'auto' is resolved by the caller with
+    verify_backend."""
     if backend == "hf":
         return HFEncoder(info)
-    if backend == "fast":
+    if backend in ENGINES:
         try:
-            return FastEncoder(info)
+            return ENGINES[backend](info)
         except MixerError as e:
-            raise MixerError(f"--backend fast: {e}; use --backend hf or auto") from None
-    raise MixerError(f"unknown backend {backend!r}; expected 'hf' or 'fast'")
+            raise MixerError(f"--backend {backend}: {e}; use --backend hf or auto") from None
+    raise MixerError(f"unknown backend {backend!r}; expected 'hf', 'fast' or 'giga'")
 
 
-def verify_backend(info: TokenizerInfo, sample_texts: list[tuple[str, str]]) -> str | None:
-    """None if the fast engine matches `HFEncoder` id for id on the sample and `ADVERSARIAL`.
+def verify_backend(
+    info: TokenizerInfo, sample_texts: list[tuple[str, str]], backend: str = "fast"
+) -> str | None:
+    """None if `backend`'s engine matches `HFEncoder` id for id on the sample and `ADVERSARIAL`.
 
     Otherwise one line saying why it may not be used for this tokenizer: a refusal, or the
     label of the first differing document and the first differing token position. Each
     document is encoded alone and then all of them as one batch, so a bug in either path shows.
     """
     try:
-        fast = FastEncoder(info)
+        fast = ENGINES[backend](info)
     except MixerError as e:
         return str(e)
     hf = HFEncoder(info)
@@ -256,7 +344,7 @@ def verify_backend(info: TokenizerInfo, sample_texts: list[tuple[str, str]]) -> 
     return None
 
 
-def _encode_one(encoder: HFEncoder | FastEncoder, text: str) -> np.ndarray | str:
+def _encode_one(encoder: Encoder, text: str) -> np.ndarray | str:
     """The ids of one document, or the exception it raised, as text."""
     try:
         return encoder.encode_batch([text])[1]

@@ -19,7 +19,7 @@ from mixer.ingest.task import TaskSpec, run_task
 RAY_START_S = 7.0
 
 
-CORE_BYTES_PER_S = {"fast": 80e6, "hf": 3e6}
+CORE_BYTES_PER_S = {"fast": 80e6, "giga": 80e6, "hf": 3e6}
 
 
 def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BACKENDS = ("auto", "hf", "fast")
+BACKENDS = ("auto", "hf", "fast", "giga")
 
 
 @dataclass(frozen=True)
