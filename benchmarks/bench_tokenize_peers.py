@@ -1,9 +1,10 @@
 """Tokenization throughput of `mixer tokenize` against peer tools: same corpus, tokenizer, cores.
 
 Question: how fast is mixer next to what people use today to turn .jsonl.zst into token files
-(HF `datasets` by hand, datatrove's DocumentTokenizer), and how close does it come to the raw
-engine it wraps? Issue #6 targets: mixer `hf` >= 0.8x the raw hf engine (same thread count),
-mixer `auto` >= 10x HF datasets.
+(HF `datasets` by hand, datatrove's DocumentTokenizer, Megatron-LM's fast path), and how close
+does it come to the raw engine it wraps? Issue #6 targets: mixer `hf` >= 0.8x the raw hf engine
+(same thread count), mixer `auto` >= 10x HF datasets. Issue #17: mixer's defaults (`auto`, in
+one process) >= 1.5x the Megatron fast path's wall clock with at most half its peak RSS.
 
 Method:
 - Corpus (cached under benchmarks/data/): --mb MB of uncompressed text as --files .jsonl.zst
@@ -23,7 +24,12 @@ Method:
   benchmarks/.venvs/datasets (load_dataset("json") + .map(batched=True, num_proc=2) + a flat
   numpy token file); datatrove: benchmarks/peers/tok_datatrove.py in benchmarks/.venvs/datatrove
   (JsonlReader -> DocumentTokenizer, LocalPipelineExecutor with 2 tasks on 2 workers, and 1 on
-  1). Peers run with their defaults, so their `tokenizers` may use its own thread pool on top.
+  1); Megatron fast path: benchmarks/peers/tok_megatron_fast.py in benchmarks/.venvs/megatron
+  (gigatoken `encode_files` over all files on its thread pool, then megatron-core's
+  IndexedDatasetBuilder writing one .bin/.idx). Peers run with their defaults, so their
+  engines may use their own thread pools on top.
+- Peak RSS: the ru_maxrss of each row's process (os.wait4), median over runs; for Ray rows and
+  datatrove's/datasets' worker processes only the top process is counted.
 - Seconds: the raw rows time encoding only; every other row is the wall clock of its whole
   process (interpreter, imports, start-up, reading, tokenizing, writing). MB/s counts the UTF-8
   bytes of the documents' text.
@@ -41,6 +47,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import statistics
@@ -63,6 +70,7 @@ from bench_engines import EOS, first_mismatch, generate_corpus, train_tokenizer 
 from bench_tokenize import (  # noqa: E402
     ALL_DOMAINS,
     RAW_CELLS,
+    SUMMARY,
     clean_env,
     corpus_documents,
     fixed_overhead,
@@ -70,7 +78,6 @@ from bench_tokenize import (  # noqa: E402
     read_corpus,
     read_corpus_file,
     run_child,
-    run_pipeline,
     write_corpus,
 )
 
@@ -78,7 +85,7 @@ DATA = BENCH / "data"
 VENVS = BENCH / ".venvs"
 PEERS = BENCH / "peers"
 PYTHON = "py{}{}".format(*sys.version_info[:2])  # the generated corpus depends on the stdlib
-TOOLS = ("raw", "mixer", "datasets", "datatrove")
+TOOLS = ("raw", "mixer", "megatron", "datasets", "datatrove")
 NOISE_S = 0.5  # Ray start-up varies by about this much from run to run
 Arrays = tuple[np.ndarray, np.ndarray]  # (tokens per document, EOS included; token stream)
 
@@ -88,6 +95,7 @@ class Row:
     tool: str
     procs: str
     runs: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)  # peak RSS of the row's process, MB
     cli: list[float] = field(default_factory=list)  # mixer's own "in X.Ys"
     overhead: float = 0.0  # mixer's CLI-reported time on a tiny corpus: start-up, not work
     ids: str = ""
@@ -98,11 +106,28 @@ class Row:
         return statistics.median(self.runs) if self.runs else None
 
     @property
+    def peak_mb(self) -> float | None:
+        return statistics.median(self.rss) if self.rss else None
+
+    @property
     def work_seconds(self) -> float | None:
         """mixer's CLI-reported time less its start-up: an estimate of the pipeline's work, or
         None where what is left is within the start-up's own run-to-run noise."""
         left = statistics.median(self.cli) - self.overhead
         return left if left > NOISE_S else None
+
+
+def measured(cmd: list[str], env: dict[str, str], cwd: Path | None = None):
+    """(wall seconds, peak RSS in MB, return code, stdout, stderr) of one child process."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps the child, with its own rusage
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return wall, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read()
 
 
 class PeerFailed(Exception):
@@ -259,9 +284,18 @@ def mixer_rows(a, data: Path, tokenizer: Path, tmp: Path, ref: Arrays) -> list[R
 
             def once(out: Path, row=row, backend=backend, workers=workers):
                 store = out / "store"
-                wall, cli = run_pipeline(data, str(tokenizer), store, workers, backend)
+                cmd = [sys.executable, "-m", "mixer.cli", "tokenize", str(data)]
+                cmd += ["-t", str(tokenizer), "-o", str(store), "--workers", str(workers)]
+                cmd += ["--backend", backend, "--no-progress"]
+                wall, peak, rc, _, err = measured(cmd, clean_env())
+                if rc:
+                    raise PeerFailed(f"mixer exited {rc}: {err.strip()[-300:]}")
+                m = SUMMARY.search(err)
                 row.runs.append(wall)
-                row.cli.append(cli)
+                row.rss.append(peak)
+                row.cli.append(float(m.group(1)) if m else float("nan"))
+                if backend == "auto":
+                    row.note = f"shards by {', '.join(sorted(shard_backends(store)))}"
                 return lambda: store_arrays(store)
 
             timed_runs(row, a.runs, tmp, once, ref)
@@ -269,19 +303,59 @@ def mixer_rows(a, data: Path, tokenizer: Path, tmp: Path, ref: Arrays) -> list[R
     return rows
 
 
-def run_peer(venv: str, script: str, cfg: dict, cwd: Path) -> tuple[float, dict]:
+def run_peer(venv: str, script: str, cfg: dict, cwd: Path, row: Row | None = None):
     """(wall seconds of the peer's process, its JSON line); it runs in `cwd`, where anything
-    it leaves behind is removed with that run's output."""
+    it leaves behind is removed with that run's output. Its peak RSS goes to `row`."""
     cmd = [str(VENVS / venv / "bin" / "python"), str(PEERS / script), json.dumps(cfg)]
     env = clean_env(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, cwd=cwd)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        tail = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise PeerFailed(f"{script} exited {proc.returncode}: {tail[:200]}")
-    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+    wall, peak, rc, out, err = measured(cmd, env, cwd)
+    if rc:
+        tail = (err.strip() or out.strip() or "no output").splitlines()[-1]
+        print(err[-3000:], file=sys.stderr)
+        raise PeerFailed(f"{script} exited {rc}: {tail[:200]}")
+    if row is not None:
+        row.rss.append(peak)
+    return wall, json.loads(out.strip().splitlines()[-1])
+
+
+def shard_backends(store: Path) -> set[str]:
+    manifest = json.loads((store / "manifest.json").read_text())
+    return {shard["backend"] for shard in manifest["shards"]}
+
+
+def megatron_rows(a, data: Path, tokenizer: Path, eos_id: int, tmp: Path, ref) -> list[Row]:
+    """Megatron-LM's fast path (gigatoken encode_files + IndexedDatasetBuilder), and its
+    encode_files step alone as timed inside the same process."""
+    row = Row("Megatron fast path: gigatoken encode_files + IndexedDatasetBuilder", "2 threads")
+    alone = Row("  of which gigatoken encode_files alone (in-process timer)", "2 threads")
+    if note := venv_missing("megatron"):
+        row.note = note
+        return [row]
+    files = [str(p) for p in sorted(data.glob("*.jsonl.zst"))]
+
+    def once(out: Path):
+        from mixer.store.format import read_index
+
+        cfg = {"files": files, "tokenizer": str(tokenizer), "eos_id": eos_id}
+        cfg["out"] = str(out / "megatron")
+        wall, result = run_peer("megatron", "tok_megatron_fast.py", cfg, cwd=out, row=row)
+        row.runs.append(wall)
+        alone.runs.append(result["encode_files_s"])
+        row.note = (
+            "gigatoken {gigatoken}, megatron-core {megatron_core}: imports {import_s:.1f}s, "
+            "encode_files {encode_files_s:.2f}s, write {write_s:.2f}s".format(**result)
+        )
+
+        def load() -> Arrays:
+            index = read_index(out / "megatron.idx")
+            tokens = np.fromfile(out / "megatron.bin", dtype=result["dtype"])
+            return np.asarray(index.lengths, np.int64), tokens
+
+        return load
+
+    timed_runs(row, a.runs, tmp, once, ref)
+    alone.ids, alone.note = "(timing only)", "encoding only, files read by gigatoken"
+    return [row, alone]
 
 
 def venv_missing(name: str) -> str | None:
@@ -301,7 +375,7 @@ def datasets_rows(a, data: Path, tokenizer: Path, eos_id: int, tmp: Path, ref) -
     def once(out: Path):
         cfg = {"files": files, "tokenizer": str(tokenizer), "eos_id": eos_id}
         cfg.update(out=str(out / "tokens"), num_proc=2, batch_size=1000)
-        wall, result = run_peer("datasets", "tok_datasets.py", cfg, cwd=out)
+        wall, result = run_peer("datasets", "tok_datasets.py", cfg, cwd=out, row=row)
         row.runs.append(wall)
         row.note = (
             "datasets {datasets}, tokenizers {tokenizers} (own thread pool on in each process): "
@@ -326,7 +400,7 @@ def datatrove_rows(a, data: Path, tokenizer: Path, tmp: Path, ref) -> list[Row]:
             cfg = {"data": str(data), "tokenizer": str(tokenizer), "eos_token": EOS}
             cfg.update(out=str(out / "tokens"), logs=str(out / "logs"))
             cfg.update(tasks=tasks, workers=tasks)
-            wall, result = run_peer("datatrove", "tok_datatrove.py", cfg, cwd=out)
+            wall, result = run_peer("datatrove", "tok_datatrove.py", cfg, cwd=out, row=row)
             row.runs.append(wall)
             row.note = (
                 "datatrove {datatrove}, tokenizers {tokenizers} (own thread pool on in each "
@@ -341,10 +415,14 @@ def datatrove_rows(a, data: Path, tokenizer: Path, tmp: Path, ref) -> list[Row]:
 # ---------------------------------------------------------------------------- tables
 
 
+MEGATRON = ("Megatron fast path: gigatoken encode_files + IndexedDatasetBuilder", "2 threads")
+
+
 def print_tables(rows: list[Row], nbytes: int) -> None:
     by_name = {(r.tool, r.procs): r for r in rows}
     raw_hf = by_name.get(("raw hf engine", "1 thread(s)"))
     hf_datasets = by_name.get(("HF datasets load_dataset + map", "num_proc=2"))
+    megatron = by_name.get(MEGATRON)
 
     def ratio(base: Row | None, row: Row) -> str:
         if base is None or base.seconds is None or row.seconds is None:
@@ -352,21 +430,32 @@ def print_tables(rows: list[Row], nbytes: int) -> None:
         return f"{base.seconds / row.seconds:.2f}x"
 
     print(
-        "\n| tool | workers/procs | s | MB/s | vs raw hf 1 thread | vs HF datasets | ids | notes |"
+        "\n| tool | workers/procs | s | MB/s | peak RSS MB | vs raw hf 1 thread | vs HF datasets "
+        "| vs Megatron fast path | ids | notes |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.seconds is None:
             status = "failed" if r.note.startswith("failed") else "not run"
-            print(f"| {r.tool} | {r.procs} | {status} | | | | | {r.note} |")
+            print(f"| {r.tool} | {r.procs} | {status} | | | | | | | {r.note} |")
             continue
+        rss = f"{r.peak_mb:.0f}" if r.peak_mb is not None else ""
         print(
-            f"| {r.tool} | {r.procs} | {r.seconds:.2f} | {nbytes / 1e6 / r.seconds:.2f} "
-            f"| {ratio(raw_hf, r)} | {ratio(hf_datasets, r)} | {r.ids} "
+            f"| {r.tool} | {r.procs} | {r.seconds:.2f} | {nbytes / 1e6 / r.seconds:.2f} | {rss} "
+            f"| {ratio(raw_hf, r)} | {ratio(hf_datasets, r)} | {ratio(megatron, r)} | {r.ids} "
             f"| {r.note} |"
         )
     print_scaling(by_name)
     print_targets(by_name, hf_datasets)
+    auto = by_name.get(("mixer --backend auto", "1 worker (in-process)"))
+    if auto and auto.seconds and megatron and megatron.seconds and auto.rss and megatron.rss:
+        print(
+            "target mixer auto, 1 worker (in-process), >= 1.5x the Megatron fast path (wall "
+            f"clock): {verdict(megatron.seconds, auto.seconds, 1.5)}; peak RSS <= 0.5x: "
+            f"{auto.peak_mb:.0f} MB vs {megatron.peak_mb:.0f} MB = "
+            f"{auto.peak_mb / megatron.peak_mb:.2f}x "
+            f"({'met' if auto.peak_mb <= megatron.peak_mb / 2 else 'NOT met'})"
+        )
 
 
 def print_scaling(by_name: dict) -> None:
@@ -479,6 +568,8 @@ def main() -> None:
             rows += raw_rows(a, data, tokenizer)
         if "mixer" in tools:
             rows += mixer_rows(a, data, tokenizer, tmp, ref)
+        if "megatron" in tools:
+            rows += megatron_rows(a, data, tokenizer, eos_id, tmp, ref)
         if "datasets" in tools:
             rows += datasets_rows(a, data, tokenizer, eos_id, tmp, ref)
         if "datatrove" in tools:

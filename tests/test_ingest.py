@@ -471,3 +471,56 @@ def test_done_records_are_reused_only_when_they_match_the_task_and_the_files():
     assert reusable({"key": "k1", "entry": {**entry, "bin": None}}, spec, sizes.get) is None
     for damaged in (None, [], "x", {"key": "k1"}, {"key": "k1", "entry": []}):
         assert reusable(damaged, spec, sizes.get) is None
+
+
+# ---------------------------------------------------------------------------- read-ahead
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_source_did():
+    def source():
+        yield from range(50)
+        raise ValueError("bad line 51")
+
+    got = []
+    with pytest.raises(ValueError, match="bad line 51"):
+        for item in task.read_ahead(source(), 2):
+            got.append(item)
+    assert got == list(range(50))
+
+
+def test_read_ahead_stays_bounded_and_closes_the_source_when_left_early():
+    produced, closed = [], []
+
+    def source():
+        try:
+            for i in range(1000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.append(True)
+
+    ahead = task.read_ahead(source(), 2)
+    assert next(ahead) == 0
+    time.sleep(0.3)  # let the thread run as far ahead as it may
+    assert len(produced) <= 1 + 2 + 1  # the one handed out, the queue, the one waiting to enter
+    ahead.close()
+    assert closed == [True]
+
+
+def test_reading_ahead_does_not_change_a_byte(tmp_path, tokenizer_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    cctx = zstandard.ZstdCompressor()
+    (src / "a.jsonl.zst").write_bytes(cctx.compress(jsonl_bytes(documents(3000, seed=3))))
+    (src / "b.jsonl").write_bytes(jsonl_bytes(documents(700, seed=4)))
+    monkeypatch.setattr(task, "BATCH_DOCUMENTS", 7)  # many batches in flight
+    stores = []
+    for name in ("ahead", "inline"):
+        if name == "inline":
+            monkeypatch.setattr(task, "read_ahead", lambda items, depth: items)
+        out = tmp_path / name
+        job = TokenizeJob((str(src),), tokenizer_path, str(out), workers=0, chunk_bytes=65536)
+        tokenize(job, progress=False)
+        stores.append(store_files(out))
+    assert len(stores[0]) > 3
+    assert stores[0] == stores[1]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import queue
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mixer.ingest import inputs, readers
 from mixer.ingest.encoders import (
@@ -22,6 +26,14 @@ BATCH_DOCUMENTS = 512
 
 
 BATCH_CHARS = 4 << 20
+
+
+# Batches read ahead of the one being encoded. The engines release the GIL while encoding, so
+# one reading thread (decompress, JSON, fields) overlaps the encode; at most this many batches
+# of at most BATCH_CHARS each wait, so a task's memory stays bounded whatever its size.
+READ_AHEAD = 2
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,18 +72,10 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
     stats = readers.ReadStats()
     writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
     try:
-        batch: list[str] = []
-        records: list[int] = []  # provenance: each document's record number (NAME.rec)
-        chars = 0
-        for record, text in readers.read_numbered(spec.task, spec.options, stats):
-            batch.append(text)
-            records.append(record)
-            chars += len(text)
-            if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
-                writer.add_documents(*encoder.encode_batch(batch), records)
-                batch, records, chars = [], [], 0
-        if batch:
-            writer.add_documents(*encoder.encode_batch(batch), records)
+        numbered = readers.read_numbered(spec.task, spec.options, stats)
+        with contextlib.closing(read_ahead(batches(numbered), READ_AHEAD)) as ahead:
+            for texts, records in ahead:
+                writer.add_documents(*encoder.encode_batch(texts), records)
         entry = writer.close()
     except BaseException:
         writer.abort()
@@ -90,6 +94,77 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
     else:
         upload_shard(out, spec, record)
     return entry
+
+
+def batches(numbered: Iterator[tuple[int, str]]) -> Iterator[tuple[list[str], list[int]]]:
+    """(documents, their record numbers) in batches of BATCH_DOCUMENTS, or fewer once they hold
+    BATCH_CHARS characters."""
+    texts: list[str] = []
+    records: list[int] = []  # provenance: each document's record number (NAME.rec)
+    chars = 0
+    for record, text in numbered:
+        texts.append(text)
+        records.append(record)
+        chars += len(text)
+        if len(texts) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
+            yield texts, records
+            texts, records, chars = [], [], 0
+    if texts:
+        yield texts, records
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+    """`items`, in order, produced by a thread that runs at most `depth` items ahead.
+
+    An exception in `items` is raised here after the items before it. Leaving the loop early
+    (an encoding error, an interrupt) stops the thread and closes `items` in it, so its files
+    are closed before this returns.
+    """
+    if depth < 1:
+        raise ValueError(f"read_ahead depth must be at least 1, got {depth}")
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((_DONE, None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            ready.put((_DONE, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="mixer-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def upload_shard(staging: Path, spec: TaskSpec, record: dict) -> None:
