@@ -55,6 +55,7 @@ ENGINES = (
     "kitoken",
     "tiktoken",
     "mixer.FastEncoder",
+    "mixer.GigaEncoder",
 )
 
 
@@ -235,6 +236,10 @@ def make_engine(name: str, path: Path, threads: int):
         from mixer.ingest.encoders import FastEncoder, load_tokenizer
 
         return FastEncoder(load_tokenizer(str(path), no_eos=True), threads=threads).encode_batch
+    if name == "mixer.GigaEncoder":
+        from mixer.ingest.encoders import GigaEncoder, load_tokenizer
+
+        return GigaEncoder(load_tokenizer(str(path), no_eos=True), threads=threads).encode_batch
     if name == "fastokens":
         import fastokens
 
@@ -249,7 +254,12 @@ def make_engine(name: str, path: Path, threads: int):
         import gigatoken
 
         tok = gigatoken.Tokenizer.from_json(tokenizer_json)
-        return lambda batch: tok.encode_batch_list(batch, parallel=parallel)
+
+        def encode(batch):  # the native result: an awkward array over one flat uint32 buffer
+            layout = tok.encode_batch(batch, parallel=parallel).layout
+            return np.diff(layout.offsets.data), np.asarray(layout.content.data)
+
+        return encode
     if name == "kitoken":
         import kitoken
 
