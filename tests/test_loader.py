@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from test_sampler import make_store, spec_for
 
 from mixer.errors import MixerError
-from mixer.mix.loader import BatchIterator
+from mixer.mix.loader import BatchIterator, LoaderState
 from mixer.mix.sampler import MixSampler
 
 
@@ -45,8 +45,13 @@ def test_state_dict_after_k_batches_resumes_at_batch_k(sampler, stop_after):
     first = BatchIterator(sampler, batch_size=6)
     seen = [b["tokens"] for _, b in zip(range(stop_after), first, strict=False)]
     state = first.state_dict()
-    assert (state["step"], state["global_batch_size"]) == (stop_after, 6)
-    assert json.loads(json.dumps(state)) == state
+    assert {k: state[k] for k in ("version", "step", "samples", "global_batch_size")} == {
+        "version": 1,
+        "step": stop_after,
+        "samples": 6 * stop_after,
+        "global_batch_size": 6,
+    }
+    assert LoaderState.from_dict(json.loads(json.dumps(state))).to_dict() == state
     resumed = BatchIterator(sampler, batch_size=6)
     resumed.load_state_dict(state)
     assert len(resumed) == len(uninterrupted) - stop_after
@@ -68,10 +73,46 @@ def test_resuming_on_a_different_world_size_with_the_same_global_batch(sampler):
         assert np.array_equal(np.concatenate([p["tokens"] for p in parts]), ref["tokens"])
 
 
-def test_a_checkpoint_from_another_global_batch_size_is_rejected(sampler):
+@pytest.mark.parametrize(
+    ("before", "after"), [((2, 4), (2, 3)), ((1, 8), (1, 6)), ((3, 2), (5, 1))]
+)
+def test_elastic_resume_under_another_world_size_neither_replays_nor_skips(sampler, before, after):
+    """8 -> 6 data-parallel ranks (and others): the sample ids every rank sees, before and
+    after the change, are each global block once, in order, up to the last whole batch."""
+    (b0, w0), (b1, w1) = before, after
+    ranks = [BatchIterator(sampler, batch_size=b0, rank=r, world_size=w0) for r in range(w0)]
+    seen: list[int] = []
+    for parts in zip(*(zip(range(7), it, strict=False) for it in ranks), strict=True):
+        seen += [int(i) for _, p in parts for i in p["index"]]
+    state = json.loads(json.dumps(ranks[0].state_dict()))
+    assert state["samples"] == 7 * b0 * w0 and state["step"] == 7
+    resumed = [BatchIterator(sampler, batch_size=b1, rank=r, world_size=w1) for r in range(w1)]
+    for it in resumed:
+        it.load_state_dict(state)
+    for parts in zip(*resumed, strict=True):
+        assert len({p["step"] for p in parts}) == 1
+        seen += [int(i) for p in parts for i in p["index"]]
+    g1 = b1 * w1
+    end = 7 * b0 * w0 + (len(sampler) - 7 * b0 * w0) // g1 * g1
+    assert seen == list(range(end))
+    assert resumed[0].state_dict()["samples"] == end
+    assert resumed[0].state_dict()["step"] == 7 + (end - 7 * b0 * w0) // g1
+
+
+def test_elastic_batches_hold_the_blocks_their_indices_name(sampler):
+    it = BatchIterator(sampler, batch_size=3, rank=1, world_size=2)
+    it.load_state_dict({"step": 4, "samples": 21, "global_batch_size": 7})
+    batch = next(iter(it))
+    assert batch["step"] == 4 and list(batch["index"]) == [24, 25, 26]
+    assert np.array_equal(batch["tokens"], np.stack([sampler[i] for i in (24, 25, 26)]))
+
+
+def test_states_from_a_newer_mixer_or_a_worker_are_refused(sampler):
     it = BatchIterator(sampler, batch_size=4)
-    with pytest.raises(MixerError, match="global_batch_size: checkpoint has 8, this loader has 4"):
-        it.load_state_dict({"step": 3, "global_batch_size": 8})
+    with pytest.raises(MixerError, match=r"unknown keys \['weights'\]; it was saved by a newer"):
+        it.load_state_dict({"step": 3, "global_batch_size": 4, "weights": {}})
+    with pytest.raises(MixerError, match="one DataLoader worker's state"):
+        it.load_state_dict({"step": 3, "global_batch_size": 4, "worker": [0, 2]})
 
 
 def test_a_step_past_the_end_is_rejected(sampler):

@@ -1,32 +1,119 @@
-"""A framework-free batch iterator (JAX, numpy or custom loops) that resumes exactly.
+"""A framework-free batch iterator (JAX, numpy or custom loops) that resumes exactly, and the one
+resume state (`LoaderState`) every loader wrapper saves and loads.
 
-The sampler is a pure function of the global index, so the whole loader state is the next
-global step plus the run's steering: resuming at step k, with any world size of the same
-global batch size, yields the same global batches an uninterrupted run would have.
+The sampler is a pure function of the global block index, so what a loader has consumed is one
+number: `samples`, the global blocks handed out so far. A state also says the `step` it was
+taken at and the global batch size G it was taken under. A loader resumed from it numbers its
+steps on from `step`, and its step s covers global blocks
+``[samples + (s - step) * G', samples + (s - step + 1) * G')`` for its own G' =
+batch_size x world_size: with G' = G that is the uninterrupted run's batch s; with another G'
+(8 -> 6 data-parallel ranks) it continues at the next unconsumed block, neither replaying nor
+skipping one.
 
 Steering (`set_weights`, `skip_steps`, `set_policy`) changes only steps not yet handed out;
-each change is recorded (`mixer.mix.steering`) in `state_dict()` with a fingerprint of the plan
-before the next step, so `load_state_dict` on a fresh iterator built from the original spec
+each change is recorded (`mixer.mix.steering`) in the state with a fingerprint of the plan
+before the next block, so `load_state_dict` on a fresh iterator built from the original spec
 continues byte-identically, and refuses a spec whose past was edited.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
+
 from mixer.errors import MixerError
-from mixer.mix.sampler import MixSampler
+from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler
 from mixer.mix.steering import apply_steering, steering_state
+
+STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderState:
+    """What a loader has consumed: the one JSON-able dict all loaders save (`to_dict`) and
+    load (`from_dict`).
+
+    `step`: the next global step; `samples`: global blocks consumed before it; `global_batch_size`:
+    the G they were consumed at. `worker` is (id, num_workers) when the state is one DataLoader
+    worker's own position (torchdata's StatefulDataLoader keeps one per worker); `None` for the
+    state of the whole stream. `steering` (amendments and skipped ranges, `mixer.mix.steering`),
+    `fingerprint` (of the plan before block `samples`) and `policy` (an online policy's state)
+    are JSON dicts, absent when unused.
+    """
+
+    step: int
+    samples: int
+    global_batch_size: int
+    worker: tuple[int, int] | None = None
+    steering: dict[str, Any] | None = None
+    fingerprint: dict[str, str] | None = None
+    policy: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "samples": self.samples,
+            "global_batch_size": self.global_batch_size,
+        }
+        if self.worker is not None:
+            out["worker"] = list(self.worker)
+        for key in ("steering", "fingerprint", "policy"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> LoaderState:
+        """Parse a saved state; a state from before `samples` existed means step x G samples.
+
+        Unknown keys are refused: a state from a newer mixer may carry something (a weight
+        change, a fingerprint) that ignoring would silently change the data."""
+        known = {f.name for f in dataclasses.fields(cls)} | {"version"}
+        unknown = sorted(set(state) - known)
+        if unknown:
+            raise MixerError(
+                f"loader state: unknown keys {unknown}; it was saved by a newer mixer, "
+                "resume with that version"
+            )
+        if int(state.get("version", STATE_VERSION)) > STATE_VERSION:
+            raise MixerError(
+                f"loader state: version {state['version']} is newer than this mixer's "
+                f"{STATE_VERSION}; resume with the mixer that saved it"
+            )
+        step, g = int(state["step"]), int(state["global_batch_size"])
+        samples = int(state.get("samples", step * g))
+        worker = state.get("worker")
+        if step < 0 or samples < 0 or g < 1:
+            raise MixerError(f"loader state: step {step}, samples {samples}, G {g} is invalid")
+        return cls(
+            step,
+            samples,
+            g,
+            None if worker is None else (int(worker[0]), int(worker[1])),
+            state.get("steering"),
+            state.get("fingerprint"),
+            state.get("policy"),
+        )
 
 
 class BatchIterator:
     """This rank's slice of each global batch, from `start_step` on, as a dict of arrays:
 
-    ``tokens`` (batch_size, seq_len + 1) in the stores' dtype; ``source`` (batch_size,) ids into
-    `sampler.source_names` (to log loss per source); ``positions`` (like tokens, restarting at
-    each document start) when `positions=True`; ``step``, the global step of the batch.
+    ``tokens`` (batch_size, seq_len + 1); ``source`` (batch_size,) ids into
+    `sampler.source_names` (to log loss per source); ``index`` (batch_size,), the global block
+    index of each row (a sample id); ``step``, the global step of the batch.
+    Opt-in extras (`mixer.mix.extras`): ``positions`` (restarting at each document start);
+    with `documents=True`, ``cu_seqlens`` and ``max_seqlen`` of x = tokens[:, :-1] for varlen
+    attention; with `loss_mask=True`, ``loss_mask`` (batch_size, seq_len), 0 where a target
+    starts a new document. `int32=True` gives int32 tokens when the vocabulary fits.
+
+    Global step s covers global blocks [origin + (s - origin_step) G, ... + G), G =
+    batch_size x world_size, and rank r takes its r-th contiguous slice of batch_size blocks.
+    A batch holding a skipped block (`MixSampler.skipping`) is left out whole.
     """
 
     def __init__(
@@ -37,7 +124,17 @@ class BatchIterator:
         world_size: int = 1,
         start_step: int = 0,
         positions: bool = False,
+        documents: bool = False,
+        loss_mask: bool = False,
+        int32: bool = False,
     ):
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise MixerError(
+                f"batch_size {batch_size}, rank {rank}, world_size {world_size}: need "
+                "batch_size >= 1 and 0 <= rank < world_size"
+            )
+        from mixer.mix.extras import Extras
+
         self.sampler = sampler
         self.policy: Any = None
         self._changes = 0  # bumped by every steering change: iterators restart from self.step
@@ -45,19 +142,43 @@ class BatchIterator:
         self.rank = rank
         self.world_size = world_size
         self.positions = positions
+        self.extras = Extras(sampler, positions, documents, loss_mask, int32)
         self.global_batch_size = batch_size * world_size
-        self.num_steps = sampler.num_batches(self.global_batch_size)
+        self.origin_step = 0
+        self.origin_samples = 0
         self.step = 0
-        self.load_state_dict({"step": start_step, "global_batch_size": self.global_batch_size})
+        self.load_state_dict(
+            {"step": start_step, "global_batch_size": self.global_batch_size}, origin=True
+        )
+
+    # -- geometry
+    def sample_of(self, step: int) -> int:
+        """First global block of global step `step`."""
+        return self.origin_samples + (step - self.origin_step) * self.global_batch_size
+
+    @property
+    def num_steps(self) -> int:
+        """One past the last whole global step of the stream."""
+        left = len(self.sampler) - self.origin_samples
+        return self.origin_step + left // self.global_batch_size
+
+    def _skipped(self, step: int) -> bool:
+        lo, hi = self.sample_of(step), self.sample_of(step + 1)
+        return any(a < hi and lo < b for a, b in self.sampler.skip_blocks)
+
+    def steps_left(self) -> Iterator[int]:
+        """Global steps still to hand out, in order: batches holding skipped blocks left out."""
+        if not self.sampler.skip_blocks:
+            return iter(range(self.step, self.num_steps))
+        return (s for s in range(self.step, self.num_steps) if not self._skipped(s))
 
     def __len__(self) -> int:
         """Batches left to yield."""
-        return self.sampler.num_batch_steps(self.global_batch_size, self.step)
+        if not self.sampler.skip_blocks:
+            return max(0, self.num_steps - self.step)
+        return sum(1 for _ in self.steps_left())
 
-    def steps_left(self) -> Iterator[int]:
-        """Global steps still to hand out, in order: skipped ranges are left out."""
-        return self.sampler.batch_steps(self.global_batch_size, self.step)
-
+    # -- batches
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             changes = self._changes
@@ -74,15 +195,15 @@ class BatchIterator:
         """Mix by `weights` from global step `at_step` to the end of the phase it falls in
         (`MixSampler.amended`); `at_step` must not be before the next step to hand out."""
         self._check_future("at_step", at_step)
-        self.sampler = self.sampler.amended(weights, at_step * self.global_batch_size)
+        self.sampler = self.sampler.amended(weights, self.sample_of(at_step))
         self._changes += 1
 
     def skip_steps(self, start_step: int, stop_step: int) -> None:
         """Leave out global steps [start_step, stop_step): consumed, not re-drawn, so every
         later step is unchanged."""
         self._check_future("start_step", start_step)
-        g = self.global_batch_size
-        self.sampler = self.sampler.skipping(start_step * g, min(stop_step, self.num_steps) * g)
+        stop = self.sample_of(min(stop_step, self.num_steps))
+        self.sampler = self.sampler.skipping(self.sample_of(start_step), stop)
         self._changes += 1
 
     def _check_future(self, name: str, step: int) -> None:
@@ -114,59 +235,76 @@ class BatchIterator:
         at = max(step + 1, self.step)
         if at >= self.num_steps:
             return None
-        weights = self.policy.propose(self.sampler.weight_caps(at * self.global_batch_size))
+        weights = self.policy.propose(self.sampler.weight_caps(self.sample_of(at)))
         self.set_weights(weights, at)
         return weights
 
     def iter_steps(self, steps: Iterable[int]) -> Iterator[dict[str, Any]]:
         """Batches of the given global steps, leaving the resume state alone (for workers)."""
-        steps, read = itertools.tee(steps)  # tee buffers only the chunk read_batches holds
-        batches = self.sampler.read_batches(
-            self.batch_size, read, self.rank, self.world_size, self.positions
+        b = self.batch_size
+        per_chunk = max(1, READ_CHUNK_ROWS // b)
+        steps = iter(steps)
+        while chunk := [s for _, s in zip(range(per_chunk), steps, strict=False)]:
+            if min(chunk) < self.origin_step or max(chunk) >= self.num_steps:
+                raise IndexError(f"steps outside [{self.origin_step}, {self.num_steps})")
+            first = np.array([self.sample_of(s) for s in chunk], dtype=np.int64)
+            rows = (first[:, None] + self.rank * b + np.arange(b)).ravel()
+            blocks = self.sampler.read_many(rows, self.extras.need_positions)
+            for n, step in enumerate(chunk):
+                part = slice(n * b, (n + 1) * b)
+                pos = None if blocks.positions is None else blocks.positions[part]
+                batch = self.extras.batch(blocks.tokens[part], blocks.sources[part], pos)
+                batch["index"] = rows[part]
+                batch["step"] = step
+                yield batch
+
+    # -- state
+    def state(self) -> LoaderState:
+        """The next step, the blocks consumed before it and the global batch size, with the
+        steering, a fingerprint of the plan before the next block, and the policy's state."""
+        samples = self.sample_of(self.step)
+        return LoaderState(
+            self.step,
+            samples,
+            self.global_batch_size,
+            steering=steering_state(self.sampler),
+            fingerprint=self.sampler.fingerprint(samples),
+            policy=None if self.policy is None else self.policy.state_dict(),
         )
-        for step, blocks in zip(steps, batches, strict=True):
-            batch: dict[str, Any] = {"tokens": blocks.tokens, "source": blocks.sources}
-            if blocks.positions is not None:
-                batch["positions"] = blocks.positions
-            batch["step"] = step
-            yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serializable: the next step, the global batch size, the steering (amendments
-        and skipped ranges), a fingerprint of the plan before the next step, the policy."""
-        state: dict[str, Any] = {"step": self.step, "global_batch_size": self.global_batch_size}
-        state["steering"] = steering_state(self.sampler)
-        state["fingerprint"] = self.sampler.fingerprint(self.step * self.global_batch_size)
-        if self.policy is not None:
-            state["policy"] = self.policy.state_dict()
-        return state
+        return self.state().to_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at `state['step']` with its steering; the global batch size must match the run
-        that saved it, and the plan before that step must be the one it was saved with."""
-        if int(state["global_batch_size"]) != self.global_batch_size:
+    def load_state_dict(self, state: Mapping[str, Any], origin: bool = False) -> None:
+        """Resume where `state` stopped: at its next unconsumed block, under this loader's own
+        global batch size (which may differ from the one the state was taken at), with its
+        steering; the plan before that block must be the one it was saved with."""
+        parsed = LoaderState.from_dict(state)
+        if parsed.worker is not None:
             raise MixerError(
-                f"global_batch_size: checkpoint has {state['global_batch_size']}, this loader "
-                f"has {self.global_batch_size} (batch_size x world_size); resuming would skip "
-                "or repeat data"
+                "loader state: this is one DataLoader worker's state; load the whole "
+                "StatefulDataLoader state (or mixer.mix.torch.stream_state of it)"
             )
-        step = int(state["step"])
-        if not 0 <= step <= self.num_steps:
-            raise MixerError(f"step: {step} outside [0, {self.num_steps}] for this mix")
+        if not 0 <= parsed.samples <= len(self.sampler):
+            limit = len(self.sampler) // parsed.global_batch_size
+            raise MixerError(
+                f"step: {parsed.step} outside [0, {limit}] for this mix"
+                if origin
+                else f"samples: {parsed.samples} outside [0, {len(self.sampler)}] for this mix"
+            )
         sampler = self.sampler
-        if "steering" in state:
-            sampler = apply_steering(sampler.unsteered(), state["steering"])
-        if "fingerprint" in state:
-            sampler.check_fingerprint(
-                state["fingerprint"], step * self.global_batch_size, f"step {step}"
-            )
-        if "policy" in state:
+        if parsed.steering is not None:
+            sampler = apply_steering(sampler.unsteered(), parsed.steering)
+        if parsed.fingerprint is not None:
+            sampler.check_fingerprint(parsed.fingerprint, parsed.samples, f"step {parsed.step}")
+        if parsed.policy is not None:
             if self.policy is None:
                 raise MixerError(
                     "policy: the checkpoint has a mixing policy's state; attach the same "
                     "policy (set_policy) before load_state_dict"
                 )
-            self.policy.load_state_dict(state["policy"])
+            self.policy.load_state_dict(parsed.policy)
         self.sampler = sampler
-        self.step = step
+        self.origin_step, self.origin_samples = parsed.step, parsed.samples
+        self.step = parsed.step
         self._changes += 1
