@@ -468,7 +468,7 @@ def print_scaling(by_name: dict) -> None:
                 f"| raw {engine} engine (threads) | {one.seconds:.2f} | {two.seconds:.2f} "
                 f"| {one.seconds / two.seconds:.2f}x | | | |"
             )
-    for backend in ("hf", "fast", "auto"):
+    for backend in ("hf", "fast", "giga", "auto"):
         one = by_name.get((f"mixer --backend {backend}", "1 worker (in-process)"))
         two = by_name.get((f"mixer --backend {backend}", "2 Ray workers"))
         if one and two and one.seconds and two.seconds:
@@ -534,13 +534,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--batch", type=int, default=512, help="documents per raw-engine call")
     p.add_argument("--tools", default=",".join(TOOLS), help="subset of " + ",".join(TOOLS))
-    p.add_argument("--backends", default="hf,fast,auto", help="mixer backends to run")
+    p.add_argument("--backends", default="hf,fast,giga,auto", help="mixer backends to run")
     a = p.parse_args()
     tools = set(a.tools.split(","))
     if tools - set(TOOLS):
         p.error(f"unknown tools {sorted(tools - set(TOOLS))}")
-    if set(a.backends.split(",")) - {"hf", "fast", "auto"}:
-        p.error(f"--backends takes a subset of hf,fast,auto, got {a.backends!r}")
+    if set(a.backends.split(",")) - {"hf", "fast", "giga", "auto"}:
+        p.error(f"--backends takes a subset of hf,fast,giga,auto, got {a.backends!r}")
 
     data = a.data or prepare_corpus(a.mb, a.files, a.seed)
     tokenizer = a.tokenizer or prepare_tokenizer(a.vocab, a.seed)

@@ -119,3 +119,18 @@ def test_indices_outside_the_domain_raise(x):
         permute_one(x, 10, epoch_keys(0, "a", 0))
     with pytest.raises(IndexError):
         permute(np.array([x]), 10, keys_of())
+
+
+@pytest.mark.parametrize("n", [256, 4099, 1_000_003, 2**32 + 7])
+def test_round_tables_give_the_values_of_the_plain_rounds(n):
+    """permute_one switches to precomputed round tables after a + b lookups of one (n, keys):
+    the values before and after the switch are those of the vectorized form."""
+    from mixer.mix import permutation
+
+    keys = epoch_keys(11, f"tables-{n}", 2)
+    a, b, _ = permutation._shape(n)
+    xs = [(i * 7919) % n for i in range(min(n, 3 * (a + b)))] if a <= 4096 else list(range(300))
+    got = [permute_one(x, n, keys) for x in xs]
+    assert got == permute(np.array(xs), n, np.array(keys, dtype=np.uint64)).tolist()
+    built = permutation._SEEN.get((n, keys))
+    assert isinstance(built, permutation._Tables) == (a <= 4096 and a <= permutation.TABLE_SIDE)

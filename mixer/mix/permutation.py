@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -50,43 +51,69 @@ def _shape(n: int) -> tuple[int, int, int]:
 def permute_one(x: int, n: int, keys: tuple[int, ...]) -> int:
     """Position x of the permutation of [0, n) keyed by `keys` (from `epoch_keys`).
 
-    The four-round case (every domain of `SMALL_DOMAIN` elements or more) is unrolled with the
-    constants bound as locals: single lookups cost about half of the generic loop's time
-    (BENCHMARKS.md, "Sampler"); `_permute_loop` is the same function for any number of rounds.
+    Four-round domains (`SMALL_DOMAIN` elements or more) whose sides fit `TABLE_SIDE` switch to
+    `_Tables` once the same (n, keys) has been asked `a + b` times: each round is then one list
+    lookup instead of the 64-bit mixing in Python ints (BENCHMARKS.md, "Sampler"). Same values.
     """
     if not 0 <= x < n:
         raise IndexError(f"index {x} outside [0, {n})")
     a, b, rounds = _shape(n)
-    if rounds != 4:
+    if rounds != 4 or a > TABLE_SIDE:
         return _permute_loop(x, n, keys[:rounds], a, b)
-    return _permute4(x, n, a, b, keys[0], keys[1], keys[2], keys[3])
-
-
-def _permute4(
-    x: int, n: int, a: int, b: int, k0: int, k1: int, k2: int, k3: int,
-    c1: int = _C1, c2: int = _C2, mask: int = _MASK64,
-) -> int:  # fmt: skip
-    """`_permute_loop` with 4 rounds, unrolled: the side sizes alternate a, b, a, b."""
+    seen = _SEEN.get((n, keys))
+    if seen is None or seen.__class__ is int:
+        uses = (seen or 0) + 1
+        if uses < a + b:
+            _SEEN[(n, keys)] = uses
+            if len(_SEEN) > _SEEN_MAX:
+                _SEEN.pop(next(iter(_SEEN)))
+            return _permute_loop(x, n, keys[:4], a, b)
+        seen = _SEEN[(n, keys)] = _Tables(n, keys, a, b)
+        _TABLES.append((n, keys))
+        if len(_TABLES) > _TABLES_MAX:  # the oldest table goes back to a counter
+            _SEEN[_TABLES.pop(0)] = 0
+    t0, t1, t2, t3 = seen.rounds
     while True:
         hi, lo = divmod(x, b)
-        z = lo ^ k0
-        z = ((z ^ (z >> 30)) * c1) & mask
-        z = ((z ^ (z >> 27)) * c2) & mask
-        hi, lo = lo, (hi + (z ^ (z >> 31))) % a
-        z = lo ^ k1
-        z = ((z ^ (z >> 30)) * c1) & mask
-        z = ((z ^ (z >> 27)) * c2) & mask
-        hi, lo = lo, (hi + (z ^ (z >> 31))) % b
-        z = lo ^ k2
-        z = ((z ^ (z >> 30)) * c1) & mask
-        z = ((z ^ (z >> 27)) * c2) & mask
-        hi, lo = lo, (hi + (z ^ (z >> 31))) % a
-        z = lo ^ k3
-        z = ((z ^ (z >> 30)) * c1) & mask
-        z = ((z ^ (z >> 27)) * c2) & mask
-        x = lo * b + (hi + (z ^ (z >> 31))) % b
+        hi, lo = lo, (hi + t0[lo]) % a
+        hi, lo = lo, (hi + t1[lo]) % b
+        hi, lo = lo, (hi + t2[lo]) % a
+        x = lo * b + (hi + t3[lo]) % b
         if x < n:
             return x
+
+
+TABLE_SIDE = 1 << 16  # sides up to this (n up to 2^32 blocks) get round tables: <= 10 MB each
+_TABLES_MAX = 16
+_SEEN_MAX = 4096
+_SEEN: dict[tuple[int, tuple[int, ...]], Any] = {}  # uses so far, or the _Tables once built
+_TABLES: list[tuple[int, tuple[int, ...]]] = []  # keys of the built tables, oldest first
+
+
+class _Tables:
+    """The four round functions of one (n, keys), reduced modulo the side they are added to.
+
+    (hi + F(lo)) mod m = (hi + (F(lo) mod m)) mod m, so a lookup in round r's table replaces
+    computing F; tables are built with `_mix`, the vectorized round function `permute` uses.
+    """
+
+    __slots__ = ("rounds",)
+
+    def __init__(self, n: int, keys: tuple[int, ...], a: int, b: int):
+        k = np.asarray(keys[:4], dtype=np.uint64)
+        sides = (b, a, b, a)  # round r reads lo in [0, sides[r]) ...
+        moduli = (a, b, a, b)  # ... and adds to a value modulo moduli[r]
+        self.rounds = tuple(
+            (_mix(np.arange(side, dtype=np.uint64) ^ k[r]) % np.uint64(m)).tolist()
+            for r, (side, m) in enumerate(zip(sides, moduli, strict=True))
+        )
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer, wrapping modulo 2^64 like `permute_one`'s masks."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_C1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_C2)
+    return z ^ (z >> np.uint64(31))
 
 
 def _permute_loop(x: int, n: int, keys: tuple[int, ...], a: int, b: int) -> int:
