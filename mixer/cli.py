@@ -600,14 +600,25 @@ def main(argv: list[str] | None = None) -> None:
     except MixerError as e:
         typer.echo(f"mixer: error: {e}", err=True)
         sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt as e:
-        typer.echo(f"mixer: {interrupted_message(e)}", err=True)
+    except KeyboardInterrupt as e:  # outside a command (typer turns it into exit 130 inside)
+        typer.echo(f"mixer: {str(e) or 'interrupted'}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as e:
+        interrupt = interrupt_of(e)
+        if interrupt is not None:
+            typer.echo(f"mixer: {str(interrupt) or 'interrupted'}", err=True)
+        raise
 
 
-def interrupted_message(e: KeyboardInterrupt) -> str:
-    """What an interrupted run kept: `Interrupted` from mixer.ingest says it, else a plain word."""
-    return str(e) if str(e) else "interrupted"
+def interrupt_of(exit: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C behind an exit, if any: typer turns KeyboardInterrupt into a silent exit 130,
+    and `mixer.errors.Interrupted` carries what was kept and how to resume."""
+    seen: BaseException | None = exit
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -19,3 +19,8 @@ class StoreError(MixerError):
 
 class SpecError(MixerError):
     """A mix spec is invalid; the message names the key and the bad value."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after cleaning up: the message says what was kept and how to resume. Still a
+    KeyboardInterrupt, so code that lets Ctrl-C through lets this through too."""

@@ -362,7 +362,7 @@ def test_a_shard_written_where_the_driver_cannot_see_it_is_an_error(
     """On a multi-node cluster a local --out that is not shared must fail, not lose shards."""
     import mixer.ingest.driver as ingest
 
-    def elsewhere(pending, info, job):
+    def elsewhere(pending, info, job, on_progress=None):
         for spec in pending:
             entry = task.run_task(spec, info)
             (Path(spec.out) / entry["bin"]).unlink()  # as if written on another machine's disk
@@ -435,10 +435,11 @@ def test_the_summary_says_when_the_default_kept_a_small_job_out_of_ray(
 ):
     import mixer.ingest.driver as ingest
 
-    def no_ray(pending, info, job):
+    def no_ray(pending, info, job, on_progress=None):
         raise AssertionError("a 2-document job must not start Ray by default")
 
     monkeypatch.setattr(ingest, "run_on_ray", no_ray)
+    monkeypatch.setattr(ingest, "_said_ray_note", False)  # said once per process
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_bytes(jsonl_bytes([f"hello {name}"]))

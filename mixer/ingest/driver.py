@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mixer.errors import MixerError
+from mixer.errors import Interrupted, MixerError
 from mixer.ingest import inputs, readers, where
 from mixer.ingest.encoders import (
     AUTO_ORDER,
@@ -42,7 +42,7 @@ from mixer.ingest.executors import run_in_process, run_on_ray, use_ray
 from mixer.ingest.files import FORMATS
 from mixer.ingest.job import BACKENDS, TokenizeJob
 from mixer.ingest.matches import check_inputs
-from mixer.ingest.progress import Progress
+from mixer.ingest.progress import Progress, mb
 from mixer.ingest.select import Selection, SelectionReport
 from mixer.ingest.task import PARTIAL_DIR, TaskSpec, task_key
 from mixer.store import cache, remote
@@ -215,14 +215,27 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     on_ray = use_ray(job, pending, backend)
     execute = run_on_ray if on_ray else run_in_process
     nodes: set[str] = set()
+    running = execute(pending, info, job, bar.advance)
     try:
-        for spec, entry, node in execute(pending, info, job):
+        for spec, entry, node in running:
             if node is not None:
                 if url is None:
                     check_visible(out, entry, node)
                 nodes.add(node)
             entries[spec.name] = entry
-            bar.update(spec.task.weight, entry)
+            bar.finish(spec.name, spec.task.weight, entry, entry.get("text_bytes"))
+    except KeyboardInterrupt:
+        running.close()  # cancels and waits for Ray tasks still running
+        bar.close()
+        remove_temporaries(out)
+        # What a rerun will reuse: workers may have finished shards the driver had not heard of.
+        if url is None:
+            kept = len(finished_entries(out, specs))
+        else:
+            kept = len(finished_remote_entries(url, specs, job.storage_options))
+        raise Interrupted(
+            f"interrupted: {kept} of {len(specs)} shards kept; rerun the same command to resume"
+        ) from None
     finally:
         bar.close()
 
@@ -246,20 +259,41 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
     if url is None:
         write_json_atomic(out / MANIFEST, manifest)
         shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-        for litter in out.glob(".shard-*.tmp-*"):  # left by a worker killed mid-shard (retried)
-            litter.unlink(missing_ok=True)
+        remove_temporaries(out)  # left by a worker killed mid-shard (and retried)
     else:
         remote.put_bytes(f"{url}/{MANIFEST}", json_bytes(manifest), job.storage_options)
         remote.remove_prefix(f"{url}/{PARTIAL_DIR}", job.storage_options)
         shutil.rmtree(out, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    line = summary_line(manifest, len(entries) - len(pending), elapsed, nodes)
-    if not on_ray and job.workers is None and min(os.cpu_count() or 1, len(pending)) > 1:
-        line += (
-            " in this process (too little input to repay Ray's start-up; --workers N forces Ray)"
+    kept_out_of_ray = (
+        not on_ray and job.workers is None and min(os.cpu_count() or 1, len(pending)) > 1
+    )
+    global _said_ray_note
+    if kept_out_of_ray and not _said_ray_note:
+        _said_ray_note = True
+        print(
+            "mixer tokenize: ran in this process (too little input to repay Ray's start-up of "
+            "about 7 s; --workers N forces Ray)",
+            file=sys.stderr,
         )
-    print(line, file=sys.stderr)
+    location = job.out if url is not None else str(out)
+    size = sum(e["bin_bytes"] + e["idx_bytes"] + e.get("rec_bytes", 0) for e in shards)
+    print(
+        summary_line(manifest, len(entries) - len(pending), elapsed, nodes, location, size, bar),
+        file=sys.stderr,
+    )
     return manifest
+
+
+_said_ray_note = False  # the note above is printed once per process (a recipe has many stores)
+
+
+def remove_temporaries(out: Path) -> None:
+    """Remove half-written shard files (hidden `.NAME.KIND.tmp-PID`) from a store directory:
+    the store's run is the only writer there, so whatever is left is a killed task's."""
+    if out.is_dir():
+        for litter in out.glob(".shard-*.tmp-*"):
+            litter.unlink(missing_ok=True)
 
 
 def check_visible(out: Path, entry: dict, node: str) -> None:
@@ -319,15 +353,37 @@ def resolve_backend(
     return "hf"
 
 
-def summary_line(manifest: dict, reused: int, seconds: float, nodes: set[str] = frozenset()) -> str:
+def summary_line(
+    manifest: dict,
+    reused: int,
+    seconds: float,
+    nodes: set[str] = frozenset(),
+    out: str | None = None,
+    size: int | None = None,
+    progress: Progress | None = None,
+) -> str:
+    """`wrote D documents, T tokens, S shards (R reused), K skipped (why) in Xs (text MB/s),
+    on N Ray nodes; OUT, SIZE on disk`."""
     skipped = sum(manifest["skipped"].values())
+    shards = manifest["num_shards"]
     parts = [
         f"wrote {manifest['num_documents']:,} documents",
         f"{manifest['num_tokens']:,} tokens",
-        f"{manifest['num_shards']} shards ({reused} reused)",
-        f"{skipped:,} skipped" + (f" {manifest['skipped']}" if skipped else ""),
+        f"{shards} shard{'s' if shards != 1 else ''} ({reused} reused)",
+        f"{skipped:,} skipped"
+        + (
+            " (" + ", ".join(f"{k} {v:,}" for k, v in manifest["skipped"].items()) + ")"
+            if skipped
+            else ""
+        ),
     ]
     if manifest["filtered"]:
         parts.append(f"{manifest['filtered']:,} filtered out by --where")
-    where = f" on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}" if nodes else ""
-    return "mixer tokenize: " + ", ".join(parts) + f" in {seconds:.1f}s{where}"
+    line = "mixer tokenize: " + ", ".join(parts) + f" in {seconds:.1f}s"
+    if progress is not None and progress.done.text_bytes:
+        line += f" ({mb(progress.done.text_bytes)} of text, {progress.rate() / 1e6:,.1f} MB/s)"
+    if nodes:
+        line += f" on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}"
+    if out is not None:
+        line += f"; {out}" + (f", {mb(size)} on disk" if size is not None else "")
+    return line

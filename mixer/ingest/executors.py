@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from mixer.errors import MixerError
@@ -11,12 +13,14 @@ from mixer.ingest.encoders import (
     TokenizerInfo,
 )
 from mixer.ingest.job import TokenizeJob
+from mixer.ingest.progress import REPORT_INTERVAL_S, Done
 from mixer.ingest.task import TaskSpec, run_task
 
 # For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
 # the pipeline's text bytes per second on one core (bench_tokenize_peers.py), used with
 # `text_bytes`, whose 4x for compressed inputs is about what zstd achieves on web text.
 RAY_START_S = 7.0
+CANCEL_WAIT_S = 10.0  # for cancelled tasks' workers to be gone before temporaries are removed
 
 
 CORE_BYTES_PER_S = {"fast": 80e6, "giga": 80e6, "hf": 3e6}
@@ -55,21 +59,56 @@ def dispatch_order(pending: list[TaskSpec]) -> list[TaskSpec]:
     return sorted(pending, key=lambda s: -text_bytes(s.task))
 
 
-def run_in_process(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
+def run_in_process(
+    pending: list[TaskSpec],
+    info: TokenizerInfo,
+    job: TokenizeJob,
+    on_progress: Callable[[str, Done], None] | None = None,
+):
     """Sequential, no Ray: small jobs (see `use_ray`), --workers 0/1, memory:// inputs."""
     for spec in pending:
-        yield spec, run_task(spec, info), None
+        report = None if on_progress is None else partial(on_progress, spec.name)
+        yield spec, run_task(spec, info, report), None
 
 
-def run_task_on_node(spec: TaskSpec, info: TokenizerInfo) -> tuple[dict[str, Any], str]:
-    """`run_task` in a Ray worker, also returning the id of the node that ran it."""
+class ProgressSink:
+    """A Ray actor collecting workers' in-task progress reports for the driver to drain.
+
+    Workers send a few hundred bytes every `REPORT_INTERVAL_S` per task, fire-and-forget, so
+    reporting costs them nothing measurable; the driver drains it while it waits for tasks."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, Done]] = []
+
+    def add(self, name: str, done: Done) -> None:
+        self.reports.append((name, done))
+
+    def drain(self) -> list[tuple[str, Done]]:
+        reports, self.reports = self.reports, []
+        return reports
+
+
+def run_task_on_node(
+    spec: TaskSpec, info: TokenizerInfo, sink: Any = None
+) -> tuple[dict[str, Any], str]:
+    """`run_task` in a Ray worker, also returning the id of the node that ran it; progress
+    goes to the `ProgressSink` actor `sink`, if any."""
     import ray
 
-    return run_task(spec, info), ray.get_runtime_context().get_node_id()
+    report = None if sink is None else (lambda done: sink.add.remote(spec.name, done))
+    return run_task(spec, info, report), ray.get_runtime_context().get_node_id()
 
 
-def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
-    """Run tasks on Ray, at most `workers` in flight, yielding each as it finishes."""
+def run_on_ray(
+    pending: list[TaskSpec],
+    info: TokenizerInfo,
+    job: TokenizeJob,
+    on_progress: Callable[[str, Done], None] | None = None,
+):
+    """Run tasks on Ray, at most `workers` in flight, yielding each as it finishes.
+
+    On the way out (done, an error, Ctrl-C) tasks still running are cancelled and waited for,
+    so that no worker writes into the store after the driver cleaned up."""
     if not job.ray_address:
         # A one-machine Ray then binds to 127.0.0.1 instead of the machine's network address
         # (read by Ray at import, so it must be set before the first `import ray`).
@@ -93,14 +132,22 @@ def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
     # only renamed into place when complete, so a retry can neither duplicate nor lose documents.
     remote = ray.remote(num_cpus=1, max_retries=3)(run_task_on_node)
     info_ref = ray.put(info)
+    sink = None
+    if on_progress is not None:
+        sink = ray.remote(num_cpus=0)(ProgressSink).remote()
     queue = list(reversed(dispatch_order(pending)))
     in_flight: dict[Any, TaskSpec] = {}
     try:
         while queue or in_flight:
             while queue and len(in_flight) < workers:
                 spec = queue.pop()
-                in_flight[remote.remote(spec, info_ref)] = spec
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+                in_flight[remote.remote(spec, info_ref, sink)] = spec
+            done, _ = ray.wait(list(in_flight), num_returns=1, timeout=REPORT_INTERVAL_S)
+            if sink is not None:
+                for name, report in ray.get(sink.drain.remote()):
+                    on_progress(name, report)
+            if not done:
+                continue
             spec = in_flight.pop(done[0])
             try:
                 entry, node = ray.get(done[0])
@@ -112,3 +159,7 @@ def run_on_ray(pending: list[TaskSpec], info: TokenizerInfo, job: TokenizeJob):
     finally:
         for ref in in_flight:
             ray.cancel(ref, force=True)
+        if in_flight:
+            ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_WAIT_S)
+        if sink is not None:
+            ray.kill(sink)

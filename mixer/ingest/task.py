@@ -7,7 +7,7 @@ import hashlib
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from mixer.ingest.encoders import (
     TokenizerInfo,
     make_encoder,
 )
+from mixer.ingest.progress import Done, TaskReporter
 from mixer.store import cache, remote
 from mixer.store.format import dtype_for_vocab, json_bytes, shard_files, write_json_atomic
 from mixer.store.writer import ShardWriter
@@ -62,8 +63,14 @@ def task_key(task: inputs.Task, options: dict, tokenizer: TokenizerInfo, backend
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
-    """Tokenize one task into one shard and record it as done; returns its manifest entry."""
+def run_task(
+    spec: TaskSpec, info: TokenizerInfo, report: Callable[[Done], None] | None = None
+) -> dict[str, Any]:
+    """Tokenize one task into one shard and record it as done; returns its manifest entry.
+
+    `report`, if given, is called with the work done since its last call (documents, tokens,
+    input and text bytes) after encoded batches, at most every `REPORT_INTERVAL_S`; the entry
+    gains `text_bytes` (UTF-8 bytes of the documents)."""
     out = Path(spec.out)
     if spec.url is not None:  # staging on whichever node runs this task
         out = cache.staging_dir(spec.url, spec.out or None)
@@ -73,9 +80,12 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
     writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
     try:
         numbered = readers.read_numbered(spec.task, spec.options, stats)
+        done = TaskReporter(report, lambda: stats.bytes_read)
         with contextlib.closing(read_ahead(batches(numbered), READ_AHEAD)) as ahead:
             for texts, records in ahead:
-                writer.add_documents(*encoder.encode_batch(texts), records)
+                lengths, tokens = encoder.encode_batch(texts)
+                writer.add_documents(lengths, tokens, records)
+                done.batch(len(texts), len(tokens), texts)
         entry = writer.close()
     except BaseException:
         writer.abort()
@@ -86,6 +96,7 @@ def run_task(spec: TaskSpec, info: TokenizerInfo) -> dict[str, Any]:
         skipped=dict(sorted(stats.skipped.items())),
         filtered=stats.filtered,
         input_records=stats.records,
+        text_bytes=done.text_bytes,
         probe=stats.probe.to_json(),  # dropped from the manifest (mixer.ingest.matches)
     )
     record = {"key": spec.key, "entry": entry}
