@@ -282,54 +282,39 @@ def peek(
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_peek(report))
 
 
-@app.command(epilog=examples("mixer inspect stores/web", "mixer inspect stores/web --json"))
+@app.command(
+    epilog=examples(
+        "mixer inspect stores/web",
+        "mixer inspect stores/proofpile --sample 3 --tokenizer pipelines/tokenizer.json",
+        "mixer inspect stores/web --json",
+    )
+)
 def inspect(
     store: Annotated[str, typer.Argument(metavar="STORE", help="Token store directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """Show a store's documents, tokens, shards, dtype, tokenizer and skipped records."""
-    from mixer.store.reader import TokenStore
-
-    opened = TokenStore.open(store)
-    m = opened.manifest
-    summary = {
-        "store": str(opened.root),
-        "documents": opened.num_documents,
-        "tokens": opened.num_tokens,
-        "shards": len(opened.shards),
-        "dtype": opened.dtype.name,
-        "tokenizer": m["tokenizer"],
-        "eos_id": opened.eos_id,
-        "skipped": m.get("skipped", {}),
-        "filtered": m.get("filtered", 0),
-        "provenance": opened.has_provenance,
-        "job": m.get("job", {}),
-    }
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    tok = m["tokenizer"]
-    skipped = summary["skipped"]
-    lines = [
-        f"store      {summary['store']}",
-        f"documents  {summary['documents']:,}",
-        f"tokens     {summary['tokens']:,}",
-        f"shards     {summary['shards']}",
-        f"dtype      {summary['dtype']}",
-        f"tokenizer  {tok.get('name', '?')} (vocab {tok['vocab_size']:,}, "
-        f"sha256 {str(tok['sha256'])[:12]}…), eos id {summary['eos_id']}",
-        "skipped    "
-        + (", ".join(f"{k} {v:,}" for k, v in skipped.items()) if skipped else "none"),
-        "provenance "
-        + (
-            "input file and record per document (mixer explain)"
-            if summary["provenance"]
-            else "none"
+    sample: Annotated[
+        int, typer.Option(metavar="K", help="Decode K documents spread over the store.")
+    ] = 0,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TOKENIZER",
+            help="tokenizer.json for --sample (default: the path the store recorded).",
         ),
-    ]
-    if summary["filtered"]:
-        lines.append(f"filtered   {summary['filtered']:,} rows by --where")
-    typer.echo("\n".join(lines))
+    ] = None,
+) -> None:
+    """Show a store: totals, per input and per shard (documents, tokens, share, backend),
+    document-length percentiles, skipped records; --sample K decodes K documents."""
+    from mixer.mix.explain import store_decoder
+    from mixer.store.reader import TokenStore
+    from mixer.store.summary import format_summary, store_summary
+
+    if sample < 0:
+        raise MixerError(f"--sample must be >= 0, got {sample}")
+    opened = TokenStore.open(store)
+    decoder = store_decoder(opened, tokenizer) if sample else None
+    summary = store_summary(opened, sample, decoder)
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
 @app.command(epilog=examples("mixer verify stores/web"))

@@ -159,7 +159,7 @@ def run_pipeline(
         print(f"{verb} {len(sampler):,} blocks in {exported}", file=sys.stderr)
     if output.get("plot"):
         try:
-            plot_mix(sampler, out_dir / "mix.png")
+            plot_mix(sampler, out_dir / "mix.png", title=data.get("name", Path(path).stem))
             print(f"wrote {out_dir / 'mix.png'}", file=sys.stderr)
         except MixerError as e:  # matplotlib is optional: the run is still complete
             print(f"skipped the plot: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from mixer.extras import matplotlib_figure
 from mixer.mix.export import export_mix, is_exported
 from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec
+from mixer.units import human_count
 
 LISTED_REPEATS = 100  # repeat starts listed per source; the count of repeats is always given
 
@@ -87,13 +89,13 @@ def format_report(report: dict[str, Any]) -> str:
             "",
             f"phase {phase['name']}: blocks [{phase['start']:,}, {end:,}), "
             f"{phase['tokens']:,} tokens, period {phase['period']:,}",
-            f"  {'source':<{width}}  {'target':>10}  {'used':>10}  {'achieved':>10}"
+            f"  {'source':<{width}}  {'weight':>12}  {'used':>12}  {'achieved':>12}"
             f"  {'blocks':>14}  {'tokens':>18}",
         ]
         for name, row in phase["sources"].items():
             lines.append(
-                f"  {name:<{width}}  {row['target']:>10.6g}  {row['used']:>10.6g}"
-                f"  {row['achieved']:>10.6g}  {row['blocks']:>14,}  {row['tokens']:>18,}"
+                f"  {name:<{width}}  {row['target']:>12.6g}  {row['used']:>12.6g}"
+                f"  {row['achieved']:>12.6g}  {row['blocks']:>14,}  {row['tokens']:>18,}"
             )
     lines += ["", "sources over the run:"]
     for name, row in report["sources"].items():
@@ -110,23 +112,93 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_mix(sampler: MixSampler, out_png: str | os.PathLike, points: int = 1000) -> None:
-    """Cumulative fraction per source and epochs per source over the stream, as a PNG."""
+def plot_mix(
+    sampler: MixSampler,
+    out_png: str | os.PathLike,
+    points: int = 1000,
+    title: str | None = None,
+) -> None:
+    """The mix as a PNG: per source, its share of the blocks so far in the current phase (solid)
+    against the phase's target (dashed), on a log axis so that a 2% source is as legible as a
+    98% one; below, the epochs of each source used so far. x is in tokens; phase boundaries
+    are drawn and named. Everything comes from `source_counts`, so no tokens are read."""
     Figure = matplotlib_figure("--plot")
-    stops = np.unique(np.linspace(1, len(sampler), points).astype(np.int64))
+    from matplotlib.ticker import FuncFormatter
+
+    n = len(sampler)
+    seq_len = sampler.seq_len
+    # Sample points in every phase (so a short phase still has a curve), ends included.
+    stops = [
+        np.linspace(t.start, t.start + t.blocks, max(2, points * t.blocks // n + 1))
+        for t in sampler.phases
+    ]
+    stops = np.unique(np.concatenate(stops).astype(np.int64))
     counts = sampler.source_counts(stops)
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    frac_ax, epoch_ax = fig.subplots(2, 1, sharex=True)
+    starts = np.array([t.start for t in sampler.phases])
+    phase_of = np.searchsorted(starts, stops, side="right") - 1
+    base = sampler.source_counts(starts)[phase_of]  # counts at the start of each point's phase
+    done = stops - starts[phase_of]
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    share_ax, epoch_ax = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    fig.suptitle(
+        f"{title or 'mix'}: {human_count(n * seq_len)} tokens in {n:,} blocks of {seq_len}, "
+        f"seed {sampler.spec.seed}"
+    )
+    x = stops * seq_len
+    colors = [f"C{s % 10}" for s in range(len(sampler.source_names))]
+    lowest = 1.0
     for s, name in enumerate(sampler.source_names):
-        frac_ax.plot(stops, counts[:, s] / stops, label=name)
-        epoch_ax.plot(stops, counts[:, s] / sampler.source_blocks[s], label=name)
-    for table in sampler.phases[1:]:
-        for ax in (frac_ax, epoch_ax):
-            ax.axvline(table.start, color="grey", linestyle=":", linewidth=1)
-    frac_ax.set_ylabel("cumulative fraction")
-    frac_ax.legend(loc="best")
-    epoch_ax.set_ylabel("epochs")
-    epoch_ax.set_xlabel("global block index")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = (counts[:, s] - base[:, s]) / done
+        share = np.where((done > 0) & (share > 0), share, np.nan)
+        share_ax.plot(x, share, color=colors[s], label=name, linewidth=1.5)
+        for t in sampler.phases:
+            target = t.targets[s]
+            if target > 0:
+                lowest = min(lowest, target)
+                share_ax.hlines(
+                    target,
+                    t.start * seq_len,
+                    (t.start + t.blocks) * seq_len,
+                    colors=colors[s],
+                    linestyles="--",
+                    linewidth=1,
+                )
+        epochs = counts[:, s] / sampler.source_blocks[s]
+        epoch_ax.plot(x, epochs, color=colors[s], label=name, linewidth=1.5)
+        epoch_ax.annotate(
+            f"{epochs[-1]:.3g}",
+            (x[-1], epochs[-1]),
+            textcoords="offset points",
+            xytext=(4, 0),
+            va="center",
+            fontsize=8,
+            color=colors[s],
+        )
+    share_ax.set_yscale("log")
+    share_ax.set_ylim(min(lowest / 4, 0.05), 1.5)
+    share_ax.set_ylabel("share of blocks in the phase so far\n(dashed: target)")
+    epoch_ax.legend(loc="upper left", fontsize=9)
+    epoch_ax.set_ylabel("epochs of each source used")
+    epoch_ax.set_xlabel("tokens")
+    epoch_ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_count(v)))
+    for t in sampler.phases:
+        for ax in (share_ax, epoch_ax):
+            if t.start > 0:
+                ax.axvline(t.start * seq_len, color="grey", linestyle=":", linewidth=1)
+        if len(sampler.phases) > 1:
+            share_ax.text(
+                (t.start + t.blocks / 2) * seq_len,
+                1.2,
+                t.name,
+                ha="center",
+                va="bottom",
+                fontsize=9,
+                color="dimgrey",
+            )
+    for ax in (share_ax, epoch_ax):
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_xlim(0, n * seq_len)
     fig.savefig(out_png, dpi=100)
 
 
@@ -156,6 +228,6 @@ def run_mix(
         verb = "reused the export of" if done else "exported"
         print(f"{verb} blocks [{start}, {last}) in {out}", file=sys.stderr)
     if plot:
-        plot_mix(sampler, plot)
+        plot_mix(sampler, plot, title=Path(spec_path).stem)
         print(f"wrote {plot}", file=sys.stderr)
     return 0

@@ -39,6 +39,7 @@ from mixer.mix.torch import MixedDataLoader, MixedIterableDataset
 from mixer.store.writer import write_store
 
 EXAMPLE = Path(__file__).with_name("example-mix.toml")
+LOG_EVERY = 25  # steps per line of loss by source
 VOCAB = 128
 EOS = 0
 
@@ -137,6 +138,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         loader.load_state_dict(state["loader"])
     losses, per_source = {}, {name: [] for name in sampler.source_names}
+    first = sampler.num_batches(batch_size)  # first step of the current logging window
     for batch in loader:
         step = batch["step"]
         tokens = batch["tokens"].to(device)
@@ -154,14 +156,19 @@ def train(
             print(f"  after step {step}: checkpoint saved, loader state {loader.state_dict()}")
         for s, value in zip(batch["source"].tolist(), row_loss.tolist(), strict=True):
             per_source[sampler.source_names[s]].append(value)
-        if step % 25 == 0 or step == sampler.num_batches(batch_size) - 1:
+        first = min(first, step)
+        # Windows of LOG_EVERY steps at fixed boundaries, so a resumed run prints the same
+        # numbers for the same steps (a window cut by the resume names its shorter range).
+        if (step + 1) % LOG_EVERY == 0 or step == sampler.num_batches(batch_size) - 1:
             by_source = "  ".join(
                 f"{name} {np.mean(values):.3f}" for name, values in per_source.items() if values
             )
             print(
-                f"  step {step:4d}  loss {losses[step]:.3f}  by source since last line: {by_source}"
+                f"  step {step:4d}  loss {losses[step]:.3f}  "
+                f"by source over steps {first}-{step}: {by_source}"
             )
             per_source = {name: [] for name in sampler.source_names}
+            first = step + 1
     return losses
 
 

@@ -314,3 +314,83 @@ def test_quick_start_outputs_are_ignored_by_git():
     for path in ("stores/web/manifest.json", "out/spt/mix.png", "demo-out/mixed/x.bin"):
         done = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
         assert done.returncode == 0, f"{path} is not in .gitignore"
+
+
+def test_inspect_breaks_a_store_down_by_input_and_shard_and_samples_documents(workspace, capsys):
+    from tokenizers import Tokenizer
+
+    tok = "pipelines/tokenizer.json"
+    argv = ["tokenize", "pipelines/samples/fineweb", "pipelines/samples/dclm", "-t", tok]
+    assert cli([*argv, "-o", "web", "--chunk-mb", "1"], capsys)[0] == 0
+    code, out, err = cli(["inspect", "web", "--json", "--sample", "3", "--tokenizer", tok], capsys)
+    assert code == 0, err
+    s = json.loads(out)
+    store = TokenStore.open("web")
+    assert s["kind"] == "token store" and s["documents"] == store.num_documents
+    assert sum(r["documents"] for r in s["inputs"]) == store.num_documents
+    assert sum(r["tokens"] for r in s["shard_list"]) == store.num_tokens
+    assert abs(sum(r["share"] for r in s["inputs"]) - 1) < 1e-9
+    assert len(s["inputs"]) == 4 and len(s["shard_list"]) == store.manifest["num_shards"]
+    assert {r["backend"] for r in s["shard_list"]} == set(s["backends"]) != set()
+    lengths = np.concatenate([np.asarray(sh.index.lengths) for sh in store.shards])
+    p = s["length_percentiles"]
+    assert (p["p0"], p["p50"], p["p100"]) == (lengths.min(), int(np.median(lengths)), lengths.max())
+    decoder = Tokenizer.from_file(tok)
+    assert [r["index"] for r in s["sample"]] == [
+        0,
+        store.num_documents // 2,
+        store.num_documents - 1,
+    ]
+    for row in s["sample"]:
+        text = decoder.decode(store.document(row["index"]).tolist(), skip_special_tokens=False)
+        assert text.startswith(row["text"].rstrip("…"))
+        assert row["input"].endswith((".parquet", ".jsonl.zst")) and row["record"] >= 0
+    code, out, _ = cli(["inspect", "web", "--sample", "1", "--tokenizer", tok], capsys)
+    assert code == 0
+    assert "inputs (4):" in out and "backend" in out and "median" in out and "document 0 (" in out
+
+
+def test_inspect_of_an_exported_mix_counts_blocks(workspace, capsys):
+    assert cli(["run", "pipelines/spt-proofpile.toml", "--out", "o"], capsys)[0] == 0
+    code, out, _ = cli(["inspect", "o/mixed"], capsys)
+    assert code == 0
+    assert "(exported mix)" in out and "blocks     3,906" in out
+    assert "documents" not in out
+    assert "mix        blocks [0, 3,906) of 513 tokens each, sources web, proofpile" in out
+
+
+def test_plots_of_phased_recipes_name_the_mix_and_label_phases_on_a_log_token_axis(
+    workspace, capsys, monkeypatch
+):
+    from matplotlib.figure import Figure
+
+    saved = []
+    real_savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    code, _, err = cli(["run", "pipelines/replay-midtrain.toml", "--out", "o"], capsys)
+    assert code == 0, err
+    assert Path("o/mix.png").read_bytes()[:4] == b"\x89PNG"
+    (fig,) = saved
+    share, epochs = fig.axes[:2]
+    assert fig._suptitle.get_text().startswith("replay-midtrain: 2M tokens in 3,906 blocks of 512")
+    assert share.get_yscale() == "log" and share.get_ylim()[0] < 1 / 1024
+    assert {t.get_text() for t in share.texts} == {"pretrain", "midtrain"}
+    assert epochs.get_xlabel() == "tokens" and epochs.get_xlim() == (0, 3906 * 512)
+    assert {line.get_label() for line in epochs.get_lines()} >= {"web", "target"}
+    targets = {
+        round(float(y), 10) for c in share.collections for y in np.ravel(c.get_segments())[1::2]
+    }
+    assert {0.5, round(1 / 1024, 10)} <= targets
+    code, out, _ = cli(["mix", "o/mix.json"], capsys)
+    assert code == 0
+    tables = re.findall(r"\n(  source .*?)\n\n", out, flags=re.S)
+    assert len(tables) == 2  # pretrain, midtrain
+    for table in tables:
+        header, *rows = table.splitlines()
+        assert header.split() == ["source", "weight", "used", "achieved", "blocks", "tokens"]
+        assert all(len(row) == len(header) for row in rows), table  # no column overflows

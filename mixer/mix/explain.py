@@ -14,6 +14,7 @@ from typing import Any
 
 from mixer.errors import MixerError
 from mixer.mix.sampler import MixSampler
+from mixer.store.reader import TokenStore
 
 PREVIEW_TOKENS = 48  # tokens decoded per document for its preview
 
@@ -21,14 +22,15 @@ PREVIEW_TOKENS = 48  # tokens decoded per document for its preview
 def load_decoder(sampler: MixSampler, tokenizer: str | os.PathLike | None) -> Any | None:
     """A `tokenizers.Tokenizer` for previews: `tokenizer`, else the path the stores recorded
     when it still holds the same tokenizer.json (sha256); None when neither is available."""
+    return store_decoder(sampler.stores[0], tokenizer)
+
+
+def store_decoder(store: TokenStore, tokenizer: str | os.PathLike | None) -> Any | None:
+    """`load_decoder` for one store (`mixer inspect --sample`)."""
     from tokenizers import Tokenizer
 
-    expected = sampler.stores[0].tokenizer_sha256
-    candidates = (
-        [tokenizer]
-        if tokenizer is not None
-        else [sampler.stores[0].manifest["tokenizer"].get("name")]
-    )
+    expected = store.tokenizer_sha256
+    candidates = [tokenizer] if tokenizer is not None else [store.manifest["tokenizer"].get("name")]
     for candidate in candidates:
         if not candidate:
             continue
