@@ -27,7 +27,7 @@ def global_batches(sampler, batch_size):
 def test_iterable_dataset_with_two_workers_yields_steps_in_order(sampler):
     expected = global_batches(sampler, 4)
     dataset = MixedIterableDataset(sampler, batch_size=4)
-    batches = list(DataLoader(dataset, batch_size=None, num_workers=2))
+    batches = list(MixedDataLoader(dataset, num_workers=2))
     assert [b["step"] for b in batches] == list(range(len(expected)))
     for batch, ref in zip(batches, expected, strict=True):
         assert batch["tokens"].dtype == torch.int64
@@ -83,3 +83,18 @@ def test_persistent_workers_are_refused(sampler):
         MixedDataLoader(
             MixedIterableDataset(sampler, batch_size=4), num_workers=2, persistent_workers=True
         )
+
+
+def test_a_plain_dataloader_with_workers_is_refused_and_without_them_tracks_its_state(sampler):
+    dataset = MixedIterableDataset(sampler, batch_size=4)
+    with pytest.raises(MixerError, match="a plain DataLoader with num_workers > 0 never sees"):
+        next(iter(DataLoader(dataset, batch_size=None, num_workers=2)))
+    plain = DataLoader(dataset, batch_size=None, num_workers=0)
+    for _ in zip(range(3), plain, strict=False):
+        pass
+    assert dataset.state_dict()["step"] == 3
+
+
+def test_in_order_false_is_refused(sampler):
+    with pytest.raises(MixerError, match="in_order: False hands out batches out of step order"):
+        MixedDataLoader(MixedIterableDataset(sampler, batch_size=4), num_workers=2, in_order=False)

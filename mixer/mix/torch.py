@@ -8,6 +8,15 @@ Two ways in:
   global steps w, w + W, ..., which the DataLoader's in-order round robin interleaves back into
   step order. `MixedDataLoader` counts the batches it hands out in the main process, so its
   `state_dict()` after k batches resumes at batch k exactly, with any number of workers.
+- torchdata's `StatefulDataLoader` over either dataset: over `MixedDataset` it tracks the
+  sampler itself; over `MixedIterableDataset` it keeps one state per worker, and each worker's
+  copy records its own position (`LoaderState.worker`), so resuming with the same num_workers
+  is exact. `stream_state(loader.state_dict())` is the whole stream's state (for another
+  world size, or a `MixedDataLoader`).
+
+Refused, because they cannot be exact: ``in_order=False`` (batches out of step order), and a
+plain `DataLoader` over `MixedIterableDataset` with workers (its state is never seen by the
+main process).
 """
 
 from __future__ import annotations
@@ -21,22 +30,54 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from mixer.errors import MixerError
-from mixer.mix.loader import BatchIterator
-from mixer.mix.sampler import Blocks, MixSampler
+from mixer.mix.extras import Extras
+from mixer.mix.loader import BatchIterator, LoaderState
+from mixer.mix.sampler import MixSampler
 
 
-def _tensors(tokens: np.ndarray, source: np.ndarray, positions: np.ndarray | None) -> dict:
-    out = {
-        "tokens": torch.from_numpy(tokens.astype(np.int64)),
-        "source": torch.from_numpy(np.asarray(source, dtype=np.int64)),
-    }
-    if positions is not None:
-        out["positions"] = torch.from_numpy(positions)
+def _tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """numpy arrays -> tensors: tokens int64 unless int32 was asked for, ids int64."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            if key == "tokens" and value.dtype != np.int32:
+                value = value.astype(np.int64, copy=False)
+            elif key in ("source", "index"):
+                value = value.astype(np.int64, copy=False)
+            out[key] = torch.from_numpy(np.ascontiguousarray(value))
+        else:
+            out[key] = value
     return out
 
 
+def stream_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The whole stream's `LoaderState` dict inside a torchdata `StatefulDataLoader` state over a
+    `MixedIterableDataset`: the newest of its workers' states (the batches come back in step
+    order, so the worker that yielded last knows the next step). Load it into a loader of any
+    world size or num_workers."""
+    found: list[LoaderState] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "global_batch_size" in node and "step" in node:
+                found.append(LoaderState.from_dict(node))
+                return
+            for value in node.values():
+                walk(value)
+
+    walk(state)
+    if not found:
+        raise MixerError("stream_state: no mixer loader state inside this state dict")
+    newest = max(found, key=lambda s: s.step)
+    return LoaderState(**{**newest.__dict__, "worker": None}).to_dict()
+
+
 class MixedDataset(Dataset):
-    """Map-style view of one rank's blocks: {"tokens", "source"[, "positions"]} per item."""
+    """Map-style view of one rank's blocks: {"tokens", "source", "index"[, "positions"]} per
+    item. Use ``DataLoader(ds, batch_size=B, shuffle=False)`` (or torchdata's
+    `StatefulDataLoader`, which resumes it exactly); with `documents` or `loss_mask`, pass
+    ``collate_fn=ds.collate`` to get ``cu_seqlens``/``max_seqlen``/``loss_mask`` per batch.
+    """
 
     def __init__(
         self,
@@ -45,6 +86,9 @@ class MixedDataset(Dataset):
         rank: int = 0,
         world_size: int = 1,
         positions: bool = False,
+        documents: bool = False,
+        loss_mask: bool = False,
+        int32: bool = False,
     ):
         if batch_size < 1 or not 0 <= rank < world_size:
             raise MixerError(
@@ -56,6 +100,8 @@ class MixedDataset(Dataset):
         self.rank = rank
         self.world_size = world_size
         self.positions = positions
+        self.extras = Extras(sampler, positions, documents, loss_mask, int32)
+        self._rows = Extras(sampler, self.extras.need_positions, False, False, int32)
 
     def __len__(self) -> int:
         return self.sampler.num_batches(self.batch_size * self.world_size) * self.batch_size
@@ -72,16 +118,28 @@ class MixedDataset(Dataset):
 
     def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
         """Batched fetch (DataLoader calls this when present): one vectorized locate."""
-        blocks: Blocks = self.sampler.read_many(self._global_indices(items), self.positions)
-        batch = _tensors(blocks.tokens, blocks.sources, blocks.positions)
+        index = self._global_indices(items)
+        blocks = self.sampler.read_many(index, self.extras.need_positions)
+        batch = _tensors(
+            {**self._rows.batch(blocks.tokens, blocks.sources, blocks.positions), "index": index}
+        )
         return [{key: value[n] for key, value in batch.items()} for n in range(len(items))]
+
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Stack items into a batch and add the extras asked for (`mixer.mix.extras`)."""
+        stacked = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        positions = stacked.pop("positions", None)
+        pos = None if positions is None else positions.numpy()
+        extra = self.extras.batch(stacked["tokens"].numpy(), stacked["source"].numpy(), pos)
+        return {**stacked, **_tensors(extra)}
 
 
 class MixedIterableDataset(IterableDataset):
-    """One rank's batches from a resume point: {"tokens", "source"[, "positions"], "step"}.
+    """One rank's batches from a resume point: `BatchIterator`'s dict as tensors.
 
-    Use with `MixedDataLoader` (or ``DataLoader(ds, batch_size=None)`` when you track
-    `batch["step"]` yourself); workers split the steps round robin and never share a seed.
+    Use with `MixedDataLoader`, torchdata's ``StatefulDataLoader(ds, batch_size=None)``, or a
+    plain ``DataLoader(ds, batch_size=None)`` with num_workers=0; workers split the steps round
+    robin and never share a seed.
     """
 
     def __init__(
@@ -92,24 +150,55 @@ class MixedIterableDataset(IterableDataset):
         world_size: int = 1,
         start_step: int = 0,
         positions: bool = False,
+        documents: bool = False,
+        loss_mask: bool = False,
+        int32: bool = False,
     ):
-        self.batches = BatchIterator(sampler, batch_size, rank, world_size, start_step, positions)
+        self.batches = BatchIterator(
+            sampler,
+            batch_size,
+            rank,
+            world_size,
+            start_step,
+            positions,
+            documents,
+            loss_mask,
+            int32,
+        )
+        self.worker: tuple[int, int] | None = None  # set when this copy's state is a worker's
+        self._tracked = False  # MixedDataLoader tracks the state in the main process
+        self._state_asked = False  # a StatefulDataLoader asked this worker copy for its state
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker = get_worker_info()
-        if worker is None:
-            batches = iter(self.batches)  # tracks the resume step itself
+        info = get_worker_info()
+        if info is None:
+            for batch in self.batches:  # tracks the resume step itself
+                yield _tensors(batch)
+            return
+        if not (self._tracked or self._state_asked):
+            raise MixerError(
+                "MixedIterableDataset: a plain DataLoader with num_workers > 0 never sees where "
+                "its workers are, so state_dict() would stay at the start; use MixedDataLoader "
+                "or torchdata's StatefulDataLoader (or num_workers=0)"
+            )
+        me = (info.id, info.num_workers)
+        if self.worker is None:
+            offset = info.id  # the stream's state: worker w takes steps w, w + W, ...
+        elif self.worker == me:
+            offset = info.num_workers - 1  # this worker's own state: it last made step - 1
         else:
-            steps = itertools.islice(self.batches.steps_left(), worker.id, None, worker.num_workers)
-            batches = self.batches.iter_steps(steps)
-        for batch in batches:
-            yield {
-                **_tensors(batch["tokens"], batch["source"], batch.get("positions")),
-                "step": batch["step"],
-            }
+            raise MixerError(
+                f"MixedIterableDataset: a state saved by worker {self.worker[0]} of "
+                f"{self.worker[1]} loaded into worker {me[0]} of {me[1]}; resume with "
+                f"num_workers={self.worker[1]}, or load stream_state(state) instead"
+            )
+        steps = itertools.islice(self.batches.steps_left(), offset, None, info.num_workers)
+        for batch in self.batches.iter_steps(steps):
+            self.batches.step, self.worker = batch["step"] + 1, me  # this copy is the worker's
+            yield _tensors(batch)
 
     @property
     def sampler(self) -> MixSampler:
@@ -130,10 +219,18 @@ class MixedIterableDataset(IterableDataset):
         return self.batches.report_loss(step, loss_sums, counts)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.batches.state_dict()
+        """`LoaderState` dict; in a DataLoader worker, that worker's own position."""
+        if get_worker_info() is not None:
+            self._state_asked = True
+        state = self.batches.state()
+        if self.worker is not None:
+            state = LoaderState(**{**state.__dict__, "worker": self.worker})
+        return state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batches.load_state_dict(state)
+        worker = state.get("worker")
+        self.batches.load_state_dict({k: v for k, v in state.items() if k != "worker"})
+        self.worker = None if worker is None else (int(worker[0]), int(worker[1]))
 
 
 class MixedDataLoader(DataLoader):
@@ -148,13 +245,26 @@ class MixedDataLoader(DataLoader):
             raise MixerError(
                 "persistent_workers: True would keep workers on a stale resume step; leave it off"
             )
+        if kwargs.get("in_order", True) is False:
+            raise MixerError(
+                "in_order: False hands out batches out of step order, so no state can resume "
+                "exactly; leave it True (the default)"
+            )
+        if kwargs.get("batch_size") is not None:
+            raise MixerError("batch_size: set it on the MixedIterableDataset, not the loader")
+        kwargs.pop("batch_size", None)
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = self.dataset.batches
         while True:
             changes = batches._changes
-            for batch in super().__iter__():
+            self.dataset._tracked = True  # workers (started by super().__iter__) may iterate
+            try:
+                it = super().__iter__()
+            finally:
+                self.dataset._tracked = False
+            for batch in it:
                 batches.step = batch["step"] + 1
                 yield batch
                 if batches._changes != changes:

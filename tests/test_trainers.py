@@ -1,0 +1,182 @@
+"""Exact resume through the loaders trainers use (torchdata StatefulDataLoader, MixedDataLoader),
+and the GPU-step extras (cu_seqlens, max_seqlen, loss_mask, int32, pinned memory)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_sampler import make_store, spec_for
+
+from mixer.errors import MixerError
+from mixer.mix.loader import BatchIterator
+from mixer.mix.sampler import MixSampler
+
+torch = pytest.importorskip("torch")
+stateful = pytest.importorskip("torchdata.stateful_dataloader")
+
+from mixer.mix.torch import (  # noqa: E402
+    MixedDataLoader,
+    MixedDataset,
+    MixedIterableDataset,
+    stream_state,
+)
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory) -> MixSampler:
+    root = tmp_path_factory.mktemp("trainers")
+    stores = {"a": make_store(root / "a", 700, seed=1), "b": make_store(root / "b", 200, seed=2)}
+    return MixSampler(spec_for(stores, {"a": 0.75, "b": 0.25}, seq_len=8, blocks=100))
+
+
+def reference(sampler, batch_size=4):
+    return [b["index"].tolist() for b in BatchIterator(sampler, batch_size)]
+
+
+def ids(batch) -> list[int]:
+    return batch["index"].tolist()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+@pytest.mark.parametrize("stop", [1, 4, 7])
+def test_stateful_dataloader_over_the_iterable_dataset_resumes_exactly(sampler, num_workers, stop):
+    expected = reference(sampler)
+    loader = stateful.StatefulDataLoader(
+        MixedIterableDataset(sampler, batch_size=4), batch_size=None, num_workers=num_workers
+    )
+    seen = [ids(b) for _, b in zip(range(stop), loader, strict=False)]
+    state = loader.state_dict()
+    del loader
+    fresh = stateful.StatefulDataLoader(
+        MixedIterableDataset(sampler, batch_size=4), batch_size=None, num_workers=num_workers
+    )
+    fresh.load_state_dict(state)
+    seen += [ids(b) for b in fresh]
+    assert seen == expected
+    # the whole stream's state, for any other loader or world size
+    assert stream_state(state)["step"] == stop
+    again = MixedDataLoader(MixedIterableDataset(sampler, batch_size=2, world_size=2), 1)
+    again.load_state_dict(stream_state(state))
+    assert ids(next(iter(again))) == expected[stop][:2]
+
+
+def test_a_worker_state_loaded_under_other_num_workers_is_refused(sampler):
+    loader = stateful.StatefulDataLoader(
+        MixedIterableDataset(sampler, batch_size=4), batch_size=None, num_workers=2
+    )
+    for _ in zip(range(3), loader, strict=False):
+        pass
+    state = loader.state_dict()
+    fresh = stateful.StatefulDataLoader(
+        MixedIterableDataset(sampler, batch_size=4), batch_size=None, num_workers=3
+    )
+    fresh.load_state_dict(state)
+    with pytest.raises(AssertionError):  # torchdata refuses it itself
+        list(fresh)
+    # our refusal when a worker copy gets another worker's state
+    dataset = MixedIterableDataset(sampler, batch_size=4)
+    dataset.load_state_dict({**stream_state(state), "worker": [1, 3]})
+    with pytest.raises(MixerError, match="resume with num_workers=3, or load stream_state"):
+        list(MixedDataLoader(dataset, num_workers=2))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+def test_stateful_dataloader_over_the_map_style_dataset_resumes_exactly(sampler, num_workers):
+    def make():
+        return stateful.StatefulDataLoader(
+            MixedDataset(sampler, batch_size=4), batch_size=4, num_workers=num_workers
+        )
+
+    expected = reference(sampler)
+    loader = make()
+    seen = [ids(b) for _, b in zip(range(5), loader, strict=False)]
+    state = loader.state_dict()
+    fresh = make()
+    fresh.load_state_dict(state)
+    seen += [ids(b) for b in fresh]
+    assert seen == expected
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
+@pytest.mark.parametrize("prefetch_factor", [None, 1, 4])
+def test_mixed_dataloader_resumes_exactly_with_any_workers_and_prefetch(
+    sampler, num_workers, prefetch_factor
+):
+    if num_workers == 0 and prefetch_factor is not None:
+        pytest.skip("prefetch needs workers")
+    kw = {} if prefetch_factor is None else {"prefetch_factor": prefetch_factor}
+    expected = reference(sampler)
+    loader = MixedDataLoader(MixedIterableDataset(sampler, 4), num_workers=num_workers, **kw)
+    seen = [ids(b) for _, b in zip(range(6), loader, strict=False)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    fresh = MixedDataLoader(MixedIterableDataset(sampler, 4), num_workers=num_workers, **kw)
+    fresh.load_state_dict(state)
+    seen += [ids(b) for b in fresh]
+    assert seen == expected
+
+
+# ---------------------------------------------------------------------------- GPU-step extras
+
+
+def brute_cu_seqlens(tokens: np.ndarray, eos: int) -> list[int]:
+    """Document starts of x = tokens[:, :-1] flattened: each row start and after each EOS."""
+    rows, width = tokens.shape
+    seq_len = width - 1
+    starts = []
+    for r in range(rows):
+        for j in range(seq_len):
+            if j == 0 or tokens[r, j - 1] == eos:
+                starts.append(r * seq_len + j)
+    return starts + [rows * seq_len]
+
+
+def test_cu_seqlens_max_seqlen_and_loss_mask_match_a_brute_force_reference(sampler):
+    it = BatchIterator(sampler, batch_size=5, documents=True, loss_mask=True, int32=True)
+    for batch in it:
+        tokens = batch["tokens"]
+        assert tokens.dtype == np.int32
+        cu = batch["cu_seqlens"]
+        assert cu.dtype == np.int32 and cu.ndim == 1
+        assert cu.tolist() == brute_cu_seqlens(tokens, eos=0)
+        assert batch["max_seqlen"] == int(np.diff(cu).max())
+        # a target crosses a boundary exactly when its input is an EOS (the next one starts)
+        assert np.array_equal(batch["loss_mask"], tokens[:, :-1] != 0)
+        assert "positions" not in batch
+
+
+def test_extras_agree_across_loaders(sampler):
+    flags = {"documents": True, "loss_mask": True, "int32": True}
+    plain = list(BatchIterator(sampler, 4, **flags))
+    loader = MixedDataLoader(MixedIterableDataset(sampler, 4, **flags), num_workers=2)
+    dataset = MixedDataset(sampler, 4, **flags)
+    mapped = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=dataset.collate)
+    for ref, a, b in zip(plain, loader, mapped, strict=True):
+        for batch in (a, b):
+            assert batch["tokens"].dtype == torch.int32
+            assert batch["cu_seqlens"].dtype == torch.int32
+            assert torch.equal(batch["tokens"], torch.from_numpy(ref["tokens"]))
+            assert torch.equal(batch["cu_seqlens"], torch.from_numpy(ref["cu_seqlens"]))
+            assert torch.equal(batch["loss_mask"], torch.from_numpy(ref["loss_mask"]))
+            assert int(batch["max_seqlen"]) == ref["max_seqlen"]
+
+
+def test_pin_memory_runs_with_the_extras(sampler):
+    flags = {"documents": True, "loss_mask": True, "int32": True, "positions": True}
+    loader = MixedDataLoader(MixedIterableDataset(sampler, 4, **flags), 2, pin_memory=True)
+    batches = list(loader)
+    assert len(batches) == 25
+    assert batches[0]["tokens"].dtype == torch.int32
+    assert batches[3]["cu_seqlens"][-1] == 4 * 8
+
+
+def test_int32_is_refused_when_the_vocabulary_does_not_fit(tmp_path):
+    from mixer.store.writer import write_store
+
+    store = str(
+        write_store(tmp_path / "big", [list(range(1, 300)) + [0]], vocab_size=2**32, eos_id=0)
+    )
+    s = MixSampler(spec_for({"big": store}, {"big": 1.0}, seq_len=8, blocks=20))
+    with pytest.raises(MixerError, match="int32: vocabulary of 4294967296 ids does not fit"):
+        BatchIterator(s, 2, int32=True)
