@@ -1,0 +1,67 @@
+"""The README's trainer recipes, executed as written (each `<!-- recipe: NAME -->` block)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from test_sampler import make_store, spec_for
+
+from mixer.mix.sampler import MixSampler
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def recipe(name: str) -> str:
+    found = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", README.read_text(), re.S)
+    assert found, f"README has no recipe {name!r}"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory) -> MixSampler:
+    root = tmp_path_factory.mktemp("recipes")
+    stores = {"a": make_store(root / "a", 700, seed=1), "b": make_store(root / "b", 200, seed=2)}
+    return MixSampler(spec_for(stores, {"a": 0.75, "b": 0.25}, seq_len=8, blocks=100))
+
+
+def run(name: str, **names) -> dict:
+    scope = dict(names)
+    exec(compile(recipe(name), f"README recipe {name}", "exec"), scope)
+    return scope
+
+
+def test_torch_recipe(sampler):
+    pytest.importorskip("torch")
+    scope = run("torch", sampler=sampler)
+    assert scope["state"]["samples"] == 3 * 8
+    first = next(iter(scope["resumed"]))
+    assert first["index"].tolist() == [24, 25] and first["step"] == 3
+
+
+def test_stateful_recipe(sampler):
+    pytest.importorskip("torchdata")
+    scope = run("stateful", sampler=sampler)
+    assert next(iter(scope["again"]))["step"] == 3
+    assert scope["whole"]["step"] == 3 and scope["whole"]["samples"] == 12
+    batch = next(iter(scope["map_loader"]))
+    assert batch["cu_seqlens"][-1] == 4 * 8
+
+
+def test_hf_recipe(sampler, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from test_hf import model
+
+    scope = run("hf", sampler=sampler, out=str(tmp_path), model=model())
+    assert scope["trainer"].state.global_step == 4
+    assert scope["model"].seen[0] == [sampler[i].tolist() for i in range(4)]
+    assert (tmp_path / "checkpoint-2").is_dir()
+    del transformers
+
+
+def test_grain_recipe(sampler):
+    pytest.importorskip("grain")
+    scope = run("grain", sampler=sampler)
+    assert scope["first"]["index"].tolist() == [0, 1, 2, 3]
+    assert scope["first"]["cu_seqlens"][-1] == 4 * 8
