@@ -203,6 +203,15 @@ def tokenize(
             "files under the inputs (skipped by default).",
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Show the files, tasks, bytes and output; tokenize nothing."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary (or the --dry-run plan) as JSON.")
+    ] = False,
 ) -> None:
     """Tokenize corpora (jsonl, jsonl.gz, jsonl.zst, parquet, txt) into a token store."""
     from mixer.ingest.driver import tokenize as run_tokenize
@@ -231,7 +240,29 @@ def tokenize(
         exclude=tuple(exclude or ()),
         all_splits=all_splits,
     )
-    run_tokenize(job, progress=progress)
+    if dry_run:
+        plan = run_tokenize(job, dry_run=True)
+        typer.echo(json.dumps(plan, indent=2) if as_json else format_plan(plan))
+        return
+    summary: dict = {}
+    run_tokenize(job, progress=False if as_json and progress is None else progress, summary=summary)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+
+
+def format_plan(plan: dict) -> str:
+    """A --dry-run plan as lines."""
+    formats = ", ".join(f"{k} {v:,}" for k, v in plan["formats"].items())
+    state = "exists (a rerun reuses what matches)" if plan["out_exists"] else "new"
+    lines = [
+        f"dry run: {plan['files']:,} files ({formats}), {plan['input_bytes'] / 1e6:,.1f} MB, "
+        f"in {plan['tasks']:,} tasks (one shard each, --chunk-mb {plan['chunk_bytes'] >> 20})",
+        f"output   {plan['out']} ({state})",
+    ]
+    lines += [f"  {url}" for url in plan["first_files"]]
+    if plan["files"] > len(plan["first_files"]):
+        lines.append(f"  (+{plan['files'] - len(plan['first_files']):,} more files)")
+    return "\n".join(lines)
 
 
 @app.command(
@@ -320,13 +351,27 @@ def inspect(
 @app.command(epilog=examples("mixer verify stores/web"))
 def verify(
     store: Annotated[str, typer.Argument(metavar="STORE", help="Token store directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Recompute every shard checksum and re-check every index against the manifest."""
     from mixer.store.reader import TokenStore
 
     opened = TokenStore.open(store)
     opened.verify()
-    typer.echo(f"{store}: OK ({len(opened.shards)} shards, {opened.num_tokens:,} tokens)")
+    if as_json:
+        result = {
+            "store": str(opened.root),
+            "ok": True,
+            "shards": len(opened.shards),
+            "documents": opened.num_documents,
+            "tokens": opened.num_tokens,
+        }
+        typer.echo(json.dumps(result, indent=2))
+        return
+    shards = len(opened.shards)
+    typer.echo(
+        f"{store}: OK ({shards} shard{'s' if shards != 1 else ''}, {opened.num_tokens:,} tokens)"
+    )
 
 
 @app.command(
@@ -475,6 +520,13 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Rewrite the export even if DIR/mixed differs.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show each store's files, tasks and output; run nothing."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the stores' summaries and the report as JSON.")
+    ] = False,
 ) -> None:
     """Run a recipe: tokenize its stores, report its mix, export and plot it.
 
@@ -488,7 +540,17 @@ def run(
             raise MixerError(f"--input {item!r}: expected NAME=URL")
         overrides.setdefault(name, []).append(url)
     raise typer.Exit(
-        run_pipeline(pipeline, out, overrides, workers, ray_address, progress, force=force)
+        run_pipeline(
+            pipeline,
+            out,
+            overrides,
+            workers,
+            ray_address,
+            progress,
+            force=force,
+            dry_run=dry_run,
+            as_json=as_json,
+        )
     )
 
 

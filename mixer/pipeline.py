@@ -101,16 +101,22 @@ def run_pipeline(
     ray_address: str | None = None,
     progress: bool | None = None,
     force: bool = False,
+    dry_run: bool = False,
+    as_json: bool = False,
 ) -> int:
     """Tokenize -> mix report -> export/plot; every step is skipped when already complete.
 
-    `force` rewrites an export that differs from this recipe's (otherwise refused)."""
+    `force` rewrites an export that differs from this recipe's (otherwise refused);
+    `dry_run` prints each store's plan and stops; `as_json` prints one JSON object (the stores'
+    summaries, the report and the outputs) instead of the text report."""
     data = load_pipeline(path)
     base, out_dir = Path(path).resolve().parent, Path(out).resolve()
     for name in inputs or {}:
         if name not in data["stores"]:
             raise MixerError(f"--input {name}=...: the pipeline has no store {name!r}")
     tokenizer = _resolve(data["tokenizer"], base)
+    plans: dict[str, Any] = {}
+    stores: dict[str, Any] = {}
     for name, table in data["stores"].items():
         given = (inputs or {}).get(name)
         urls = given or [_resolve(u, base) for u in table["inputs"]]
@@ -120,7 +126,7 @@ def run_pipeline(
                 options[key] = tuple(options[key])
         expects = table.get("datasets", [])
         print(
-            f"[{name}] tokenizing {len(urls)} input(s)"
+            f"[{name}] {'planning' if dry_run else 'tokenizing'} {len(urls)} input(s)"
             + (f" ({', '.join(expects)})" if expects else ""),
             file=sys.stderr,
         )
@@ -133,13 +139,29 @@ def run_pipeline(
             **options,
         )
         try:
-            tokenize(job, progress=progress)
+            if dry_run:
+                plans[name] = tokenize(job, dry_run=True)
+                continue
+            stores[name] = {}
+            quiet = False if as_json and progress is None else progress
+            tokenize(job, progress=quiet, summary=stores[name])
         except MixerError as e:
             if not expects:
                 raise
             hint = f"--input {name}=ROOT, ROOT a download of " + " or ".join(expects)
             raise type(e)(f"stores.{name} ({hint}): {e}") from None
 
+    if dry_run:
+        if as_json:
+            print(json.dumps({"dry_run": True, "out": str(out_dir), "stores": plans}, indent=2))
+        else:
+            for name, plan in plans.items():
+                print(
+                    f"[{name}] {plan['files']:,} files, {plan['input_bytes'] / 1e6:,.1f} MB, "
+                    f"{plan['tasks']:,} tasks -> {plan['out']}"
+                )
+            print(f"then the mix report, mix.json and report.json in {out_dir}")
+        return 0
     mix = dict(data["mix"])
     mix["source"] = [
         {"store": str(out_dir / "stores" / s["name"]), **s} if "store" not in s else s
@@ -148,7 +170,8 @@ def run_pipeline(
     spec = MixSpec.from_dict(mix, base_dir=base)
     sampler = MixSampler(spec)
     report = mix_report(sampler)
-    print(format_report(report))
+    if not as_json:
+        print(format_report(report))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "mix.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     output = data.get("output", {})
@@ -164,4 +187,11 @@ def run_pipeline(
         except MixerError as e:  # matplotlib is optional: the run is still complete
             print(f"skipped the plot: {e}", file=sys.stderr)
     print(f"pipeline {data.get('name', path)}: done, outputs in {out_dir}", file=sys.stderr)
+    if as_json:
+        outputs = {"report": str(out_dir / "report.json"), "mix": str(out_dir / "mix.json")}
+        if output.get("export"):
+            outputs["mixed"] = str(out_dir / "mixed")
+        if (out_dir / "mix.png").exists() and output.get("plot"):
+            outputs["plot"] = str(out_dir / "mix.png")
+        print(json.dumps({"stores": stores, "report": report, "outputs": outputs}, indent=2))
     return 0

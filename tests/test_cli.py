@@ -394,3 +394,49 @@ def test_plots_of_phased_recipes_name_the_mix_and_label_phases_on_a_log_token_ax
         header, *rows = table.splitlines()
         assert header.split() == ["source", "weight", "used", "achieved", "blocks", "tokens"]
         assert all(len(row) == len(header) for row in rows), table  # no column overflows
+
+
+def test_dry_run_plans_without_writing_and_json_summaries(workspace, capsys):
+    tok = "pipelines/tokenizer.json"
+    argv = ["tokenize", "pipelines/samples/fineweb", "-t", tok, "-o", "web"]
+    code, out, _ = cli([*argv, "--dry-run", "--json"], capsys)
+    assert code == 0
+    plan = json.loads(out)
+    assert (plan["files"], plan["tasks"], plan["out"], plan["out_exists"]) == (2, 2, "web", False)
+    assert plan["input_bytes"] == sum(Path(u).stat().st_size for u in plan["first_files"]) and plan[
+        "formats"
+    ] == {"parquet": 2}
+    code, out, _ = cli([*argv, "--dry-run"], capsys)
+    assert code == 0 and out.startswith("dry run: 2 files (parquet 2), ") and "in 2 tasks" in out
+    assert not Path("web").exists()
+    code, out, _ = cli([*argv, "--json"], capsys)
+    summary = json.loads(out)
+    store = TokenStore.open("web")
+    assert (summary["documents"], summary["tokens"], summary["shards"], summary["reused"]) == (
+        store.num_documents,
+        store.num_tokens,
+        2,
+        0,
+    )
+    assert summary["bytes_on_disk"] == sum(p.stat().st_size for p in Path("web").glob("shard-*"))
+    assert summary["text_bytes"] > summary["bytes_on_disk"] / 4
+    code, out, _ = cli(["verify", "web", "--json"], capsys)
+    assert json.loads(out) == {
+        "store": str(Path("web")),
+        "ok": True,
+        "shards": 2,
+        "documents": store.num_documents,
+        "tokens": store.num_tokens,
+    }
+    run = ["run", "pipelines/spt-proofpile.toml", "--out", "o"]
+    code, out, _ = cli([*run, "--dry-run", "--json"], capsys)
+    assert code == 0 and set(json.loads(out)["stores"]) == {"web", "proofpile"}
+    assert not Path("o").exists()
+    code, out, _ = cli([*run, "--json"], capsys)
+    result = json.loads(out)
+    assert result["report"] == json.loads(Path("o/report.json").read_text())
+    assert (
+        result["stores"]["proofpile"]["documents"]
+        == TokenStore.open("o/stores/proofpile").num_documents
+    )
+    assert set(result["outputs"]) == {"report", "mix", "mixed", "plot"}

@@ -135,8 +135,17 @@ def check_same_job(manifest: dict, where: str, info: TokenizerInfo, job_options:
     return manifest
 
 
-def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
-    """Run a tokenize job to completion and return the store's manifest."""
+def tokenize(
+    job: TokenizeJob,
+    progress: bool | None = None,
+    dry_run: bool = False,
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run a tokenize job to completion and return the store's manifest.
+
+    `dry_run` stops after planning and returns the plan instead (`plan_summary`: files, tasks,
+    bytes, the output and whether it is already complete); nothing is written. `summary`, when
+    given, is filled with what the summary line says (`run_summary`), for `--json`."""
     info = load_tokenizer(job.tokenizer, job.eos_token, job.no_eos)
     for value, allowed, flag in (
         (job.on_error, ("fail", "skip"), "--on-error"),
@@ -177,16 +186,22 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         "eos_token": info.eos_token,
         "inputs": [f.url for f in files],
     }
+    if dry_run:
+        return plan_summary(job, files, tasks, url or str(out), url is None and out.exists())
     if url is not None:
         published = remote.read_remote_manifest(url, job.storage_options)
         if published is not None:
             check_same_job(published, url, info, job_options)
             print(f"{url}: already complete, nothing to do", file=sys.stderr)
+            if summary is not None:
+                summary.update(run_summary(published, published["num_shards"], 0.0, url))
             return published
     else:
         existing = check_output_dir(out, info, job_options)
         if existing is not None:
             print(f"{out}: already complete, nothing to do", file=sys.stderr)
+            if summary is not None:
+                summary.update(run_summary(existing, existing["num_shards"], 0.0, str(out)))
             return existing
 
     backend = resolve_backend(job.backend, info, tasks, options)
@@ -278,11 +293,58 @@ def tokenize(job: TokenizeJob, progress: bool | None = None) -> dict[str, Any]:
         )
     location = job.out if url is not None else str(out)
     size = sum(e["bin_bytes"] + e["idx_bytes"] + e.get("rec_bytes", 0) for e in shards)
-    print(
-        summary_line(manifest, len(entries) - len(pending), elapsed, nodes, location, size, bar),
-        file=sys.stderr,
-    )
+    reused = len(entries) - len(pending)
+    print(summary_line(manifest, reused, elapsed, nodes, location, size, bar), file=sys.stderr)
+    if summary is not None:
+        summary.update(run_summary(manifest, reused, elapsed, location, size, bar, nodes))
     return manifest
+
+
+def plan_summary(
+    job: TokenizeJob, files: list, tasks: list, out: str, exists: bool
+) -> dict[str, Any]:
+    """What `--dry-run` reports: the files and tasks a run would read and where it would write."""
+    formats = Counter(f.format for f in files)
+    return {
+        "dry_run": True,
+        "inputs": list(job.inputs),
+        "files": len(files),
+        "formats": dict(sorted(formats.items())),
+        "input_bytes": sum(f.size for f in files),
+        "tasks": len(tasks),
+        "shards": len(tasks),
+        "chunk_bytes": job.chunk_bytes,
+        "out": out,
+        "out_exists": exists,
+        "first_files": [f.url for f in files[:10]],
+    }
+
+
+def run_summary(
+    manifest: dict,
+    reused: int,
+    seconds: float,
+    out: str,
+    size: int | None = None,
+    progress: Progress | None = None,
+    nodes: set[str] = frozenset(),
+) -> dict[str, Any]:
+    """The summary line as data (`mixer tokenize --json`)."""
+    text = progress.done.text_bytes if progress is not None else 0
+    return {
+        "store": out,
+        "documents": manifest["num_documents"],
+        "tokens": manifest["num_tokens"],
+        "shards": manifest["num_shards"],
+        "reused": reused,
+        "skipped": manifest["skipped"],
+        "filtered": manifest["filtered"],
+        "seconds": round(seconds, 3),
+        "text_bytes": text,
+        "text_mb_per_s": round(text / 1e6 / seconds, 3) if seconds > 0 and text else None,
+        "bytes_on_disk": size,
+        "ray_nodes": len(nodes),
+    }
 
 
 _said_ray_note = False  # the note above is printed once per process (a recipe has many stores)
