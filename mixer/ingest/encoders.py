@@ -277,8 +277,9 @@ class GigaEncoder:
 Encoder = HFEncoder | FastEncoder | GigaEncoder
 
 
-# The verified engines by backend name, and the order `auto` tries them in: the faster first
-# (BENCHMARKS.md, "Tokenization engines": gigatoken and fastokens on the same 32k and 50k BPEs).
+# The verified engines by backend name, and the order `auto` tries them in. fastokens first:
+# the two were within noise of each other per CPU second, in memory and end to end, and
+# gigatoken's awkward results cost an import (BENCHMARKS.md, "Ingest vs Megatron's fast path").
 ENGINES: dict[str, type[FastEncoder] | type[GigaEncoder]] = {
     "giga": GigaEncoder,
     "fast": FastEncoder,
