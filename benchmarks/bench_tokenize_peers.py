@@ -28,8 +28,9 @@ Method:
   (gigatoken `encode_files` over all files on its thread pool, then megatron-core's
   IndexedDatasetBuilder writing one .bin/.idx). Peers run with their defaults, so their
   engines may use their own thread pools on top.
-- Peak RSS: the ru_maxrss of each row's process (os.wait4), median over runs; for Ray rows and
-  datatrove's/datasets' worker processes only the top process is counted.
+- Peak RSS: the ru_maxrss of each row's process (os.wait4 in a small wrapper process), median
+  over runs; for Ray rows and datatrove's/datasets' worker processes only the top process is
+  counted.
 - Seconds: the raw rows time encoding only; every other row is the wall clock of its whole
   process (interpreter, imports, start-up, reading, tokenizing, writing). MB/s counts the UTF-8
   bytes of the documents' text.
@@ -47,7 +48,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import shutil
 import statistics
@@ -117,17 +117,34 @@ class Row:
         return left if left > NOISE_S else None
 
 
+# Runs argv[2:] and writes its peak RSS (KB) to argv[1]. A child forked straight from this
+# benchmark would start with the benchmark's own peak (Linux carries ru_maxrss across fork and
+# exec, and this process holds the reference ids); forked from this small process it does not.
+_RSS_WRAPPER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measured(cmd: list[str], env: dict[str, str], cwd: Path | None = None):
     """(wall seconds, peak RSS in MB, return code, stdout, stderr) of one child process."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryDirectory() as tmp:
+        rss = Path(tmp) / "maxrss"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # reaps the child, with its own rusage
+        proc = subprocess.run(
+            [sys.executable, "-c", _RSS_WRAPPER, str(rss), *cmd],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return wall, usage.ru_maxrss / 1024, proc.returncode, out.read(), err.read()
+        peak = int(rss.read_text()) / 1024 if rss.exists() else float("nan")
+        return wall, peak, proc.returncode, proc.stdout, proc.stderr
 
 
 class PeerFailed(Exception):
