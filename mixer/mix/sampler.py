@@ -31,6 +31,7 @@ import hashlib
 import heapq
 import json
 import math
+import os
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
@@ -341,6 +342,18 @@ class MixSampler:
 
     def _check_stores(self) -> None:
         first, sha0 = self.source_names[0], self.stores[0].tokenizer_sha256
+        seen: dict[tuple[str, str], str] = {}
+        for name, store in zip(self.source_names, self.stores, strict=True):
+            # max_repeats and epochs count per source: one store under two names would get two
+            # budgets (and two independent orders of the same blocks)
+            for key in (("path", os.path.realpath(store.root)), ("content", store.identity)):
+                other = seen.setdefault(key, name)
+                if other != name:
+                    raise SpecError(
+                        f"source '{name}'.store: the same store as source '{other}' (same "
+                        f"{'directory' if key[0] == 'path' else 'manifest'}); list a store "
+                        "once and give it the combined weight"
+                    )
         for name, store in zip(self.source_names, self.stores, strict=True):
             if store.tokenizer_sha256 != sha0:
                 raise SpecError(

@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -67,6 +68,7 @@ from mixer.errors import MixerError, SpecError
 from mixer.units import parse_count
 
 WEIGHT_TOLERANCE = 1e-9
+MAX_BLOCKS = 1 << 62  # blocks are indexed with int64 (numpy) and len() (an index-sized int)
 BASE_PHASE = "main"
 DEFAULT_SEED = 0  # a spec without `seed`
 
@@ -255,6 +257,10 @@ class MixSpec:
         _positive_int("seq_len", self.seq_len)
         if not _is_int(self.seed):
             raise SpecError(f"seed: must be an integer, got {self.seed!r}")
+        if not -(1 << 63) <= self.seed < 1 << 64:
+            raise SpecError(
+                f"seed: must fit in 64 bits, got an integer of {self.seed.bit_length()} bits"
+            )
         by_tokens = self.total_tokens is not None
         by_steps = self.steps is not None or self.global_batch_size is not None
         if by_tokens == by_steps:
@@ -264,14 +270,28 @@ class MixSpec:
         else:
             _positive_int("steps", self.steps)
             _positive_int("global_batch_size", self.global_batch_size)
+        if self.run_tokens // self.seq_len >= MAX_BLOCKS:
+            raise SpecError(
+                f"total_tokens: {self.run_tokens} tokens make {self.run_tokens // self.seq_len} "
+                f"blocks of seq_len {self.seq_len}; a mix holds fewer than 2**62"
+            )
         object.__setattr__(self, "sources", tuple(self.sources))
         object.__setattr__(self, "phases", tuple(self.phases))
         if not self.sources:
             raise SpecError("source: a mix needs at least one [[source]]")
         names = [s.name for s in self.sources]
+        seen: dict[str, str] = {}
         for name in names:
-            if names.count(name) > 1:
-                raise SpecError(f"source.name: {name!r} is used by more than one source")
+            # NFC: "café" typed two ways is one name, not two sources that look alike
+            key = unicodedata.normalize("NFC", name)
+            other = seen.setdefault(key, name)
+            if other is not name or names.count(name) > 1:
+                if other == name:
+                    raise SpecError(f"source.name: {name!r} is used by more than one source")
+                raise SpecError(
+                    f"source.name: {other!r} and {name!r} differ only in Unicode normalization "
+                    "(NFC); give sources names that differ visibly"
+                )
         for phase in self.phases:
             for name in phase.weights:
                 if name not in names:
@@ -427,6 +447,8 @@ class MixSpec:
             raise SpecError(f"{path}: is a directory, not a mix spec (TOML)") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SpecError(f"{path}: invalid TOML ({e})") from None
+        except ValueError as e:  # an integer past Python's 4300-digit conversion limit
+            raise SpecError(f"{path}: invalid spec ({e})") from None
         except json.JSONDecodeError as e:
             raise SpecError(f"{path}: invalid JSON ({e})") from None
         if not isinstance(data, dict):

@@ -315,6 +315,12 @@ class TokenStore:
     def vocab_size(self) -> int:
         return int(self.manifest["tokenizer"]["vocab_size"])
 
+    @cached_property
+    def identity(self) -> str:
+        """sha256 of the manifest's content: equal for two copies of one store wherever they are
+        (the manifest lists every file's sha256), so a mix can tell a store listed twice."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+
     @property
     def eos_id(self) -> int | None:
         return self.manifest.get("eos_id")
