@@ -276,13 +276,24 @@ def test_single_5mb_line_document(tmp_path):
     assert [len(d) for d in docs] == [1, len(big), 1] and docs[1] == big
 
 
-def test_zero_byte_files_give_one_empty_task(tmp_path):
-    for fmt in ("jsonl", "jsonl.gz", "jsonl.zst", "txt"):
+def test_zero_byte_text_files_give_one_empty_task(tmp_path):
+    for fmt in ("jsonl", "txt"):
         path = tmp_path / f"empty.{fmt}"
         path.write_bytes(b"")
     files = expand_inputs([str(tmp_path)])
     docs, stats, tasks = read_all(files, 1, txt_mode="line")
-    assert len(tasks) == 4 and docs == [] and stats.documents == 0
+    assert len(tasks) == 2 and docs == [] and stats.documents == 0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst", "txt.gz", "txt.zst"])
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_zero_byte_compressed_files_are_truncated_not_empty(tmp_path, fmt, on_error):
+    """gzip and zstd call a 0-byte file truncated: a download that never arrived must not
+    become 0 documents and exit 0."""
+    path = tmp_path / f"empty.{fmt}"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=f"empty.{fmt}: 0 bytes, a truncated"):
+        read_all(expand_inputs([str(path)]), on_error=on_error)
 
 
 def test_blank_lines_in_jsonl_are_ignored(tmp_path):

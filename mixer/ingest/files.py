@@ -6,6 +6,7 @@ partial read would quietly drop data from a training mix.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import io
@@ -88,10 +89,14 @@ def open_input(url: str, storage_options: dict) -> Iterator[BinaryIO]:
 
 
 class CountingReader(io.RawIOBase):
-    """Adapts any fsspec file to `io.BufferedReader` (fast readline), counting bytes if asked."""
+    """Adapts any fsspec file to `io.BufferedReader` (fast readline), counting bytes if asked.
 
-    def __init__(self, f: BinaryIO, stats: ReadStats | None) -> None:
+    With `empty_error`, a file that holds no byte at all raises `InputError(empty_error)`.
+    """
+
+    def __init__(self, f: BinaryIO, stats: ReadStats | None, empty_error: str | None = None):
         self._f, self._stats = f, stats
+        self._empty_error = empty_error
 
     def readable(self) -> bool:
         return True
@@ -102,12 +107,63 @@ class CountingReader(io.RawIOBase):
         b[:n] = data
         if self._stats is not None:
             self._stats.bytes_read += n
+        if self._empty_error is not None:
+            if n == 0 and len(b):
+                raise InputError(self._empty_error)
+            if n:
+                self._empty_error = None
         return n
+
+
+SNIFF_BYTES = 4096  # what `check_text` looks at
+
+
+# File signatures of formats that are never text (the first bytes of the file).
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PAR1": "parquet",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"PK\x03\x04": "zip",
+    b"\x04\x22\x4d\x18": "lz4",
+}
+
+
+def check_text(head: bytes, url: str, format: str) -> None:
+    """Refuse, in both --on-error modes, a file whose first bytes are not text at all.
+
+    A compressed file under a text extension would otherwise be thousands of "bad lines", and
+    skip mode would count them and write a store without the file's documents. Not text: a
+    known binary signature; for JSON lines also a NUL byte (never valid in JSON) or more than
+    a tenth of `head` not decoding as UTF-8.
+    """
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            raise InputError(
+                f"{url}: holds {kind} data, not {format} text; give the file its real "
+                "extension or pass --format"
+            )
+    if not format.startswith("jsonl") or not head:
+        return
+    if b"\x00" in head:
+        raise InputError(
+            f"{url}: binary data, not JSON lines (a NUL byte at offset {head.index(0)}); "
+            "check the file, or pass --format"
+        )
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head, final=False)
+    if text.count("\ufffd") * 10 > len(text):
+        raise InputError(
+            f"{url}: binary data, not UTF-8 JSON lines; check the file, or pass --format"
+        )
 
 
 def decompressed(raw: BinaryIO, url: str, format: str, stats: ReadStats) -> BinaryIO:
     """A buffered stream of decompressed bytes; compressed bytes consumed go to `stats`."""
-    counted = CountingReader(raw, stats)
+    # gzip and zstd themselves call an empty file truncated: a download that never arrived
+    kind = "gzip" if format.endswith(".gz") else "zstd"
+    empty = f"{url}: 0 bytes, a truncated {kind} file (an empty {kind} stream has a header)"
+    counted = CountingReader(raw, stats, empty_error=empty)
     if format.endswith(".gz"):
         return gzip.GzipFile(fileobj=io.BufferedReader(counted, IO_CHUNK), mode="rb")
     return io.BufferedReader(_Zstd(counted, url), IO_CHUNK)

@@ -14,8 +14,10 @@ import orjson
 from mixer.errors import InputError, MixerError
 from mixer.ingest.files import (
     IO_CHUNK,
+    SNIFF_BYTES,
     CountingReader,
     arrow_errors,
+    check_text,
     check_text_column,
     decompress_errors,
     decompressed,
@@ -30,6 +32,29 @@ if TYPE_CHECKING:
 _PARQUET_BATCH_ROWS = 1024
 
 
+MAX_DOCUMENT_BYTES = 16 << 20
+"""Default bound on one record (a jsonl line, a txt document or line, a parquet text value).
+
+Longer records are an error naming `file:line`, or counted as `too_large` under skip, and are
+never held whole: a line is read at most this far. 16 MiB is far above real documents (a long
+book is a few MB) and keeps the tokenizer's memory for one document bounded: HF tokenizers
+peaks at about 200 bytes per input byte (a 50 MB line took 10.2 GB), so ~3.3 GB here."""
+
+
+def check_max_document_bytes(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MixerError(f"--max-document-bytes must be a positive integer, got {value!r}")
+    return value
+
+
+def _too_large(limit: int) -> _BadRecord:
+    return _BadRecord(
+        "too_large",
+        f"record longer than {limit:,} bytes (--max-document-bytes); raise the bound, or "
+        "--on-error skip to count and leave out such records",
+    )
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """How records become documents; shipped to every worker, so it must stay small."""
@@ -39,8 +64,10 @@ class ReadOptions:
     on_error: str = "fail"
     where: tuple[RowFilter, ...] = ()
     storage_options: dict = field(default_factory=dict, hash=False)
+    max_document_bytes: int = MAX_DOCUMENT_BYTES
 
     def __post_init__(self) -> None:
+        check_max_document_bytes(self.max_document_bytes)
         for name, value, allowed in (
             ("txt_mode", self.txt_mode, ("document", "line")),
             ("on_error", self.on_error, ("fail", "skip")),
@@ -125,6 +152,13 @@ def read_records(task: Task, options: ReadOptions) -> Iterator[tuple[Any, Any]]:
 
 def _document(item: Any, options: ReadOptions, stats: ReadStats) -> str | None:
     """The document of one record (a str for txt, a dict otherwise); None when filtered out."""
+    try:
+        return _document_of(item, options, stats)
+    except RecursionError:  # a field holding JSON text nested thousands deep (get_field)
+        raise _BadRecord("malformed_json", "a field's JSON is nested too deeply") from None
+
+
+def _document_of(item: Any, options: ReadOptions, stats: ReadStats) -> str | None:
     if isinstance(item, str):
         text: object = item
         name = "line"
@@ -147,6 +181,11 @@ def _document(item: Any, options: ReadOptions, stats: ReadStats) -> str | None:
             text = _decode(text)
         if not isinstance(text, str):
             raise _BadRecord("non_string_text", f"field {name} is {type(text).__name__}, not text")
+        limit = options.max_document_bytes
+        if len(text) > limit or (
+            len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
+        ):
+            raise _too_large(limit)
         if not text.isascii():
             try:
                 text.encode("utf-8")  # a JSON "\\ud800" escape decodes to a lone surrogate
@@ -165,12 +204,34 @@ def _decode(data: bytes) -> str:
         raise _BadRecord("invalid_utf8", f"invalid UTF-8 at byte {e.start}") from None
 
 
+def _too_long(line: bytes, limit: int) -> bool:
+    """Whether `line`, read with `readline(limit + 2)`, holds more than `limit` bytes before
+    its line break (it may then be cut short)."""
+    if len(line) <= limit:
+        return False
+    return len(line) - (2 if line.endswith(b"\r\n") else 1 if line.endswith(b"\n") else 0) > limit
+
+
+def _skip_line(line: bytes, readline: Any) -> int:
+    """Read (and drop) the rest of a line begun by `line`; the bytes skipped."""
+    skipped = 0
+    while not line.endswith(b"\n"):
+        line = readline(IO_CHUNK)
+        if not line:
+            break
+        skipped += len(line)
+    return skipped
+
+
 def _line_records(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[Any, Any]]:
     """(line number thunk, record or `_BadRecord`) for each line of a jsonl or txt-line task."""
     lines = _Lines(task, options, stats)
     is_json = task.format.startswith("jsonl")
     fast = not options.where
     for line in lines:
+        if isinstance(line, _BadRecord):
+            yield lines.lineno, line
+            continue
         if line.endswith(b"\n"):
             line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
         item: Any
@@ -234,17 +295,25 @@ class _Lines:
         self.first = 0  # byte offset of the task's first line (uncompressed formats)
         self._before: int | None = None
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | _BadRecord]:
         task, stats = self.task, self.stats
         start, stop = task.byte_range or (0, None)
         with open_input(task.url, self.options.storage_options) as raw:
+            limit = self.options.max_document_bytes
             if task.format.endswith((".gz", ".zst")):
                 stream = decompressed(raw, task.url, task.format, stats)
+                check_text(
+                    decompress_errors(stream.peek, task.url)(SNIFF_BYTES), task.url, task.format
+                )
                 readline = decompress_errors(stream.readline, task.url)
-                while line := readline():
+                while line := readline(limit + 2):
                     self.count += 1
                     stats.records += 1
-                    yield line
+                    if _too_long(line, limit):
+                        _skip_line(line, readline)
+                        yield _too_large(limit)
+                    else:
+                        yield line
                 return
             if start > 0:
                 raw.seek(start - 1)
@@ -253,15 +322,22 @@ class _Lines:
             if start > 0:
                 pos += len(stream.readline()) - 1  # the rest of a line owned by the range before
             self.first = pos
+            check_text(stream.peek(SNIFF_BYTES)[:SNIFF_BYTES], task.url, task.format)
             while stop is None or pos < stop:
-                line = stream.readline()
+                line = stream.readline(limit + 2)
                 if not line:
                     break
                 pos += len(line)
                 stats.bytes_read += len(line)
                 self.count += 1
                 stats.records += 1
-                yield line
+                if _too_long(line, limit):
+                    rest = _skip_line(line, stream.readline)
+                    pos += rest
+                    stats.bytes_read += rest
+                    yield _too_large(limit)
+                else:
+                    yield line
 
     def lineno(self) -> int:
         """1-based number of the last line read, in the whole (decompressed) file."""
@@ -286,13 +362,19 @@ def _count_newlines(url: str, end: int, options: ReadOptions) -> int:
 
 def _txt_document(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[Any, Any]]:
     """A whole text file is one document (it has to fit in memory as a string anyway)."""
+    limit = options.max_document_bytes
     with open_input(task.url, options.storage_options) as raw:
         if task.format == "txt":
-            data = raw.read()
+            data = raw.read(limit + 1)
             stats.bytes_read += len(data)
         else:
             stream = decompressed(raw, task.url, task.format, stats)
-            data = decompress_errors(stream.read, task.url)()
+            data = decompress_errors(stream.read, task.url)(limit + 1)
+    check_text(data[:SNIFF_BYTES], task.url, task.format)
+    if len(data) > limit:
+        stats.records += 1
+        yield (lambda: 1), _too_large(limit)
+        return
     try:
         item: Any = data.decode("utf-8")
         line = 1
