@@ -212,6 +212,15 @@ def tokenize(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary (or the --dry-run plan) as JSON.")
     ] = False,
+    max_document_bytes: Annotated[
+        int | None,
+        typer.Option(
+            metavar="BYTES",
+            help="Longest record read (a jsonl line, txt document or line, parquet text value); "
+            "longer ones are an error, or counted as too_large with --on-error skip "
+            "(default 16777216, 16 MiB; bounds memory for any input).",
+        ),
+    ] = None,
 ) -> None:
     """Tokenize corpora (jsonl, jsonl.gz, jsonl.zst, parquet, txt) into a token store."""
     from mixer.ingest.driver import tokenize as run_tokenize
@@ -239,6 +248,7 @@ def tokenize(
         include=tuple(include or ()),
         exclude=tuple(exclude or ()),
         all_splits=all_splits,
+        **({} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}),
     )
     if dry_run:
         plan = run_tokenize(job, dry_run=True)

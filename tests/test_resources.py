@@ -87,7 +87,7 @@ def test_thousands_of_shards_and_a_thousand_sources_under_ulimit_1024(tmp_path):
     big = quick_store(tmp_path / "big", docs)
     lines = ["seq_len = 4", "seed = 1", "total_tokens = 8808"]
     for k in range(1100):
-        quick_store(tmp_path / f"s{k}", [np.array([k % 997, 5, 6, 7, 8, 9, 10, 11, 12])])
+        quick_store(tmp_path / f"s{k}", [np.array([k % 997, k // 997, 6, 7, 8, 9, 10, 11, 12])])
         lines += ["[[source]]", f'name = "s{k}"', f'store = "s{k}"', "weight = 0.0009"]
     lines += ["[[source]]", 'name = "big"', 'store = "big"', "weight = 0.01"]
     (tmp_path / "mix.toml").write_text("\n".join(lines) + "\n")
@@ -107,3 +107,45 @@ def test_thousands_of_shards_and_a_thousand_sources_under_ulimit_1024(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     print(result.stdout)
     assert "shards 3000 sources 1101" in result.stdout, result.stdout
+
+
+MEMORY_CHILD = """
+import resource, sys
+from mixer.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print("exit", code, "peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+PEAK_RSS_BOUND_MB = 600  # measured: about 150 MB (imports included); HF alone took 10 GB
+
+
+def test_one_50_mb_document_stays_under_a_memory_ceiling(tmp_path, tokenizer_path):
+    """A 50 MB single-line document (base64-like, one JSON line) is counted as too_large under
+    the default --max-document-bytes: read at most 16 MiB far, never tokenized, peak RSS of the
+    whole `mixer tokenize` process (auto backend, so its verification too) measured here."""
+    path = tmp_path / "huge.jsonl"
+    with open(path, "w") as f:
+        f.write('{"text": "' + "QUJD" * (50_000_000 // 4) + '"}\n{"text": "a small one"}\n')
+    argv = [
+        "tokenize",
+        str(path),
+        "-t",
+        tokenizer_path,
+        "-o",
+        str(tmp_path / "out"),
+        "--workers",
+        "0",
+        "--on-error",
+        "skip",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, *argv], capture_output=True, text=True, timeout=300
+    )
+    print(result.stdout, result.stderr[-500:])
+    words = result.stdout.split()
+    assert words[:2] == ["exit", "0"], result.stderr[-2000:]
+    assert "'too_large': 1" in result.stderr
+    assert int(words[3]) < PEAK_RSS_BOUND_MB * 1024

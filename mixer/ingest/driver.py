@@ -58,6 +58,16 @@ VERIFY_DOCUMENTS_PER_FILE = 32
 VERIFY_FILES = 64
 
 
+# The sample is bounded in size, not only in documents: HF tokenizers needs about 200 bytes of
+# memory per byte of text, so 32 documents of 50 MB took 40 s and 10 GB. A prefix of a long
+# document verifies the engines as well (they see the same text), and `ADVERSARIAL` already
+# holds long pieces. At most 64 files x 256 Ki characters.
+VERIFY_DOCUMENT_CHARS = 64 << 10
+
+
+VERIFY_CHARS_PER_FILE = 256 << 10
+
+
 def finished_entries(out: Path, specs: list[TaskSpec]) -> dict[str, dict[str, Any]]:
     """Entries of shards an earlier run of the same tasks finished and left intact, by name."""
 
@@ -169,6 +179,7 @@ def tokenize(
         on_error=job.on_error,
         where=tuple(where.parse_where(w) for w in job.where),
         storage_options=job.storage_options,
+        max_document_bytes=job.max_document_bytes,
     )
     selection = Selection(tuple(job.include), tuple(job.exclude), job.all_splits)
     chosen = SelectionReport()
@@ -186,6 +197,8 @@ def tokenize(
         "eos_token": info.eos_token,
         "inputs": [f.url for f in files],
     }
+    if job.max_document_bytes != readers.MAX_DOCUMENT_BYTES:  # it decides which records stay
+        job_options["max_document_bytes"] = job.max_document_bytes
     if dry_run:
         return plan_summary(job, files, tasks, url or str(out), url is None and out.exists())
     if url is not None:
@@ -376,15 +389,22 @@ def verification_sample(tasks: list[inputs.Task], options: readers.ReadOptions):
         on_error="skip",
         where=options.where,
         storage_options=options.storage_options,
+        max_document_bytes=options.max_document_bytes,
     )
     firsts = {t.url: t for t in reversed(tasks)}  # the first task of each file
     sample = []
     for task in list(reversed(firsts.values()))[:VERIFY_FILES]:
         documents = readers.read_documents(task, options, readers.ReadStats())
+        chars = 0
         for n, text in enumerate(documents):
-            if n == VERIFY_DOCUMENTS_PER_FILE:
+            if n == VERIFY_DOCUMENTS_PER_FILE or chars >= VERIFY_CHARS_PER_FILE:
                 break
-            sample.append((f"{task.url} document {n + 1}", text))
+            label = f"{task.url} document {n + 1}"
+            if len(text) > VERIFY_DOCUMENT_CHARS:  # both engines get the same prefix
+                text = text[:VERIFY_DOCUMENT_CHARS]
+                label += f" (first {VERIFY_DOCUMENT_CHARS:,} characters)"
+            chars += len(text)
+            sample.append((label, text))
     return sample
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mixer.ingest.readers import MAX_DOCUMENT_BYTES, check_max_document_bytes
+
 BACKENDS = ("auto", "hf", "fast", "giga")
 
 
@@ -30,3 +32,10 @@ class TokenizeJob:
     include: tuple[str, ...] = ()  # globs relative to each input root (mixer.ingest.select)
     exclude: tuple[str, ...] = ()
     all_splits: bool = False  # also read val/validation/dev/test/sample folders
+    max_document_bytes: int = MAX_DOCUMENT_BYTES
+    """Longest record read (a jsonl line, a txt document or line, a parquet text value):
+    longer ones are an error naming file:line, or counted as `too_large` with on_error="skip".
+    Bounds memory for any input (see `mixer.ingest.readers.MAX_DOCUMENT_BYTES`)."""
+
+    def __post_init__(self) -> None:
+        check_max_document_bytes(self.max_document_bytes)

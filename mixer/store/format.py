@@ -34,6 +34,8 @@ manifest are plain file names inside the store; anything else is rejected.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import mmap
@@ -125,15 +127,32 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def write_error(path: str | os.PathLike, error: OSError) -> StoreError:
+    """One line for a failed write (a full disk, a quota, a read-only or vanished directory)."""
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    hint = "; free some space or write elsewhere" if error.errno in _FULL else ""
+    return StoreError(f"{path}: cannot write: {reason}{hint}")
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, then rename: readers see all of it or nothing."""
+    """Write to a temporary sibling, fsync, then rename: readers see all of it or nothing.
+
+    A failed write removes the temporary and raises `StoreError` (`write_error`)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from None
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from mixer.store.format import (
     dtype_for_vocab,
     encode_index,
     write_bytes_atomic,
+    write_error,
     write_json_atomic,
 )
 
@@ -34,7 +36,10 @@ class ShardWriter:
         self.name = name
         self.dtype = np.dtype(dtype)
         self._bin_tmp = self.root / f".{name}.bin.tmp-{os.getpid()}"
-        self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        try:
+            self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        except OSError as e:
+            raise write_error(self._bin_tmp, e) from None
         self._digest = hashlib.sha256()
         self._lengths: list[np.ndarray] = []
         self._records: list[np.ndarray] = []
@@ -62,7 +67,10 @@ class ShardWriter:
                 "(tokenizer vocab_size smaller than its ids?)"
             )
         data = np.ascontiguousarray(tokens, dtype=self.dtype.newbyteorder("<")).tobytes()
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise write_error(self._bin_tmp, e) from None
         self._digest.update(data)
         self._lengths.append(np.asarray(lengths, dtype=np.int32))
         self.num_tokens += len(tokens)
@@ -70,9 +78,12 @@ class ShardWriter:
 
     def close(self) -> dict[str, Any]:
         """Publish the shard and return its manifest entry (names, counts, sizes, checksums)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as e:
+            raise write_error(self._bin_tmp, e) from None
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
         idx_bytes = encode_index(lengths, self.dtype)
         bin_name, idx_name = f"{self.name}.bin", f"{self.name}.idx"
@@ -105,8 +116,11 @@ class ShardWriter:
         }
 
     def abort(self) -> None:
-        self._file.close()
-        self._bin_tmp.unlink(missing_ok=True)
+        """Drop the unfinished shard (closing may fail again on a full disk: ignored)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self._bin_tmp.unlink(missing_ok=True)
 
 
 def build_manifest(
