@@ -223,7 +223,7 @@ def test_plan_reads_suffixed_counts_like_plain_numbers(capsys):
 def _store(tmp_path: Path, name: str, n: int) -> str:
     from mixer.store.writer import write_store
 
-    rng = np.random.default_rng(len(name))
+    rng = np.random.default_rng([len(name), *map(ord, name)])  # distinct stores per name
     write_store(tmp_path / name, [rng.integers(1, 50, 40) for _ in range(n)], vocab_size=64)
     return str(tmp_path / name)
 
