@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -150,5 +151,6 @@ def test_one_50_mb_document_stays_under_a_memory_ceiling(tmp_path, tokenizer_pat
     print(result.stdout, result.stderr[-500:])
     words = result.stdout.split()
     assert words[:2] == ["exit", "0"], result.stderr[-2000:]
-    assert "'too_large': 1" in result.stderr
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert manifest["skipped"] == {"too_large": 1} and manifest["num_documents"] == 1
     assert int(words[3]) < PEAK_RSS_BOUND_MB * 1024

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from mixer.store.format import read_index
 from mixer.store.reader import TokenStore
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
@@ -58,10 +57,10 @@ def store_summary(store: TokenStore, sample: int = 0, decoder: Any = None) -> di
             url = str((e.get("input") or {}).get("url", "?"))
             by_input[url]["documents"] += int(e["documents"])
             by_input[url]["tokens"] += int(e["tokens"])
-    # Copies, one .idx at a time, not the store's cached maps: a map holds a file descriptor,
-    # and a store may have more shards than the process may open files.
+    # Copies: shards stay mapped a bounded number at a time (`MappedShards`) only if nothing
+    # keeps a view of each; `index` also checks each .idx against its shard on first use.
     lengths = (
-        np.concatenate([np.array(read_index(s.idx_path).lengths) for s in store.shards])
+        np.concatenate([np.array(s.index.lengths) for s in store.shards])
         if store.shards
         else np.zeros(0, np.int32)
     )
