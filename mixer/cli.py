@@ -8,13 +8,16 @@ printed by click with the usage line, as argparse and click tools do; 130 interr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Annotated
 
 import typer
 
-from mixer.errors import MixerError
+from mixer.errors import JobError, MixerError
+
+_FLAGS = {"inputs": "INPUTS", "chunk_bytes": "--chunk-mb (in bytes)"}  # TokenizeJob fields
 
 app = typer.Typer(
     name="mixer",
@@ -226,30 +229,32 @@ def tokenize(
     from mixer.ingest.driver import tokenize as run_tokenize
     from mixer.ingest.job import TokenizeJob
 
-    if chunk_mb <= 0:
-        raise MixerError(f"--chunk-mb must be positive, got {chunk_mb}")
-    job = TokenizeJob(
-        inputs=tuple(inputs),
-        tokenizer=tokenizer,
-        out=out,
-        format=format,
-        text_field=text_field,
-        txt_mode=txt_mode,
-        on_error=on_error,
-        where=tuple(where or ()),
-        eos_token=eos_token,
-        no_eos=no_eos,
-        workers=workers,
-        ray_address=ray_address,
-        chunk_bytes=chunk_mb << 20,
-        backend=backend,
-        cache_dir=cache_dir,
-        storage_options=parse_json_option(storage_options, "--storage-options"),
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        all_splits=all_splits,
-        **({} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}),
-    )
+    try:
+        job = TokenizeJob(
+            inputs=tuple(inputs),
+            tokenizer=tokenizer,
+            out=out,
+            format=format,
+            text_field=text_field,
+            txt_mode=txt_mode,
+            on_error=on_error,
+            where=tuple(where or ()),
+            eos_token=eos_token,
+            no_eos=no_eos,
+            workers=workers,
+            ray_address=ray_address,
+            chunk_bytes=chunk_mb << 20,
+            backend=backend,
+            cache_dir=cache_dir,
+            storage_options=parse_json_option(storage_options, "--storage-options"),
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            all_splits=all_splits,
+            **({} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}),
+        )
+    except JobError as e:  # name the flag, not the field
+        flag = _FLAGS.get(e.field, "--" + e.field.replace("_", "-"))
+        raise MixerError(f"{flag}: {e.problem}") from None
     if dry_run:
         plan = run_tokenize(job, dry_run=True)
         typer.echo(json.dumps(plan, indent=2) if as_json else format_plan(plan))
@@ -432,10 +437,11 @@ def mix(
     if (start is not None or stop is not None) and not export:
         flag = "--start" if start is not None else "--stop"
         raise MixerError(f"{flag} selects blocks to export: add --export DIR")
-    code = run_mix(
+    text = run_mix(
         spec, report or not (export or plot), as_json, export, start or 0, stop, plot, verify, force
     )
-    raise typer.Exit(code)
+    if text:
+        typer.echo(text)
 
 
 @app.command(
@@ -549,7 +555,7 @@ def run(
         if not sep or not name or not url:
             raise MixerError(f"--input {item!r}: expected NAME=URL")
         overrides.setdefault(name, []).append(url)
-    raise typer.Exit(
+    typer.echo(
         run_pipeline(
             pipeline,
             out,
@@ -633,7 +639,8 @@ def plan(
             )
         finetune = parse_count(total_tokens, "--total-tokens")
         params = None if model_params is None else parse_count(model_params, "--model-params")
-        raise typer.Exit(run_injection_plan(pilot, finetune, params, tolerance, as_json))
+        typer.echo(run_injection_plan(pilot, finetune, params, tolerance, as_json))
+        return
 
     domain = None
     if domain_tokens is not None:
@@ -645,13 +652,45 @@ def plan(
             domain = parse_count(domain_tokens, "--domain-tokens")
     total = parse_count(total_tokens, "--total-tokens")
     target = None if target_tokens is None else parse_count(target_tokens, "--target-tokens")
-    code = run_plan(domain, total, fraction, max_repeats, pilot, target, plot, as_json)
-    raise typer.Exit(code)
+    typer.echo(run_plan(domain, total, fraction, max_repeats, pilot, target, plot, as_json))
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to the `sys.stderr` of the moment (so capture and redirection work)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _Format(logging.Formatter):
+    """`mixer tokenize: ...` for the tokenize pipeline's lines, `mixer: ...` for the rest, and
+    `warning: ` before a warning's message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        who = "mixer tokenize" if record.name.startswith("mixer.ingest") else "mixer"
+        level = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"{who}: {level}{record.getMessage()}"
+
+
+def configure_logging() -> None:
+    """The library's log lines, INFO and up, one line each on stderr (once per process)."""
+    package = logging.getLogger("mixer")
+    if not any(isinstance(h, _StderrHandler) for h in package.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_Format())
+        package.addHandler(handler)
+    package.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 1, usage
     errors exit 2 (click), Ctrl-C exits 130 after saying what was kept."""
+    configure_logging()
     try:
         app(args=argv, prog_name="mixer")
     except MixerError as e:

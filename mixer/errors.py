@@ -24,3 +24,12 @@ class SpecError(MixerError):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after cleaning up: the message says what was kept and how to resume. Still a
     KeyboardInterrupt, so code that lets Ctrl-C through lets this through too."""
+
+
+class JobError(MixerError):
+    """A `TokenizeJob` field is invalid; `field` names it and the message starts with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem

@@ -15,81 +15,47 @@ and the subsets it wants; repeat `--input NAME=ROOT` for a store made of several
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
-from mixer.errors import MixerError, SpecError
-from mixer.ingest.driver import tokenize
-from mixer.ingest.job import TokenizeJob
+from mixer.config import no_unknown_keys, read_toml
+from mixer.errors import JobError, MixerError, SpecError
+from mixer.ingest import TokenizeJob, tokenize
 from mixer.mix.export import export_mix, is_exported
 from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec
 from mixer.report import format_report, mix_report, plot_mix
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+logger = logging.getLogger(__name__)
 
-_TOP_KEYS = {"name", "description", "tokenizer", "stores", "mix", "output"}
-_STORE_KEYS = {
-    "datasets",
-    "inputs",
-    "include",
-    "exclude",
-    "all_splits",
-    "format",
-    "text_field",
-    "txt_mode",
-    "on_error",
-    "where",
-    "backend",
-}
-_LIST_KEYS = ("datasets", "inputs", "include", "exclude", "where")
-_OUTPUT_KEYS = {"export", "plot"}
+_TOP_KEYS = ("name", "description", "tokenizer", "stores", "mix", "output")
+_RUN_KEYS = ("tokenizer", "out", "workers", "ray_address")  # set by the recipe or by `mixer run`
+_STORE_KEYS = ("datasets", *(k for k in TokenizeJob.field_names() if k not in _RUN_KEYS))
+_OUTPUT_KEYS = ("export", "plot")
 
 
 def _resolve(path: str, base: Path) -> str:
     return path if "://" in path or Path(path).is_absolute() else str(base / path)
 
 
-def _check_keys(where: str, table: Any, allowed: set[str]) -> dict:
-    if not isinstance(table, dict):
-        raise SpecError(f"{where} must be a table, got {table!r}")
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise SpecError(
-            f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
-        )
-    return table
-
-
 def load_pipeline(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise MixerError(f"pipeline not found: {path}") from None
-    except IsADirectoryError:
-        raise MixerError(f"{path}: is a directory, not a pipeline TOML") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: invalid TOML ({e})") from None
+    """Parse a pipeline file and check its tables' keys (the store options: `TokenizeJob`'s)."""
+    data = read_toml(path, "pipeline")
     if "stores" not in data and ({"source", "seq_len"} & set(data)):
         raise SpecError(f"{path}: this is a mix spec, not a pipeline: use `mixer mix {path}`")
-    _check_keys(path, data, _TOP_KEYS)
+    no_unknown_keys(path, data, _TOP_KEYS)
     for key in ("tokenizer", "stores", "mix"):
         if key not in data:
             raise SpecError(f"{path}: missing key {key!r}")
+    if not isinstance(data["stores"], dict):
+        raise SpecError(f"{path}: stores must be a table of [stores.NAME] tables")
     for name, table in data["stores"].items():
-        _check_keys(f"{path}: stores.{name}", table, _STORE_KEYS)
-        if not table.get("inputs"):
-            raise SpecError(f"{path}: stores.{name}.inputs must list at least one input")
-        for key in _LIST_KEYS:
-            value = table.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise SpecError(f"{path}: stores.{name}.{key} must be a list of strings")
-    _check_keys(f"{path}: output", data.get("output", {}), _OUTPUT_KEYS)
+        no_unknown_keys(f"{path}: stores.{name}", table, _STORE_KEYS)
+        datasets = table.get("datasets", [])
+        if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+            raise SpecError(f"{path}: stores.{name}.datasets must be a list of strings")
+    no_unknown_keys(f"{path}: output", data.get("output", {}), _OUTPUT_KEYS)
     return data
 
 
@@ -103,40 +69,30 @@ def run_pipeline(
     force: bool = False,
     dry_run: bool = False,
     as_json: bool = False,
-) -> int:
+) -> str:
     """Tokenize -> mix report -> export/plot; every step is skipped when already complete.
 
-    `force` rewrites an export that differs from this recipe's (otherwise refused);
-    `dry_run` prints each store's plan and stops; `as_json` prints one JSON object (the stores'
-    summaries, the report and the outputs) instead of the text report."""
+    Returns what the CLI prints: the mix report as text (`mixer.report.format_report`), or with
+    `as_json` one JSON object (the stores' summaries, the report and the outputs); with
+    `dry_run`, each store's plan, and nothing runs. `inputs` overrides stores' inputs by store
+    name; `workers`, `ray_address` and `progress` are as for `tokenize`; `force` rewrites an
+    export that differs from this recipe's (otherwise refused)."""
     data = load_pipeline(path)
     base, out_dir = Path(path).resolve().parent, Path(out).resolve()
     for name in inputs or {}:
         if name not in data["stores"]:
             raise MixerError(f"--input {name}=...: the pipeline has no store {name!r}")
-    tokenizer = _resolve(data["tokenizer"], base)
+    jobs = store_jobs(path, data, out_dir, inputs or {}, workers, ray_address)
     plans: dict[str, Any] = {}
     stores: dict[str, Any] = {}
-    for name, table in data["stores"].items():
-        given = (inputs or {}).get(name)
-        urls = given or [_resolve(u, base) for u in table["inputs"]]
-        options = {k: v for k, v in table.items() if k not in ("inputs", "datasets")}
-        for key in ("where", "include", "exclude"):
-            if key in options:
-                options[key] = tuple(options[key])
-        expects = table.get("datasets", [])
-        print(
-            f"[{name}] {'planning' if dry_run else 'tokenizing'} {len(urls)} input(s)"
-            + (f" ({', '.join(expects)})" if expects else ""),
-            file=sys.stderr,
-        )
-        job = TokenizeJob(
-            inputs=tuple(urls),
-            tokenizer=tokenizer,
-            out=str(out_dir / "stores" / name),
-            workers=workers,
-            ray_address=ray_address,
-            **options,
+    for name, job in jobs.items():
+        expects = data["stores"][name].get("datasets", [])
+        logger.info(
+            "[%s] %s %d input(s)%s",
+            name,
+            "planning" if dry_run else "tokenizing",
+            len(job.inputs),
+            f" ({', '.join(expects)})" if expects else "",
         )
         try:
             if dry_run:
@@ -153,15 +109,13 @@ def run_pipeline(
 
     if dry_run:
         if as_json:
-            print(json.dumps({"dry_run": True, "out": str(out_dir), "stores": plans}, indent=2))
-        else:
-            for name, plan in plans.items():
-                print(
-                    f"[{name}] {plan['files']:,} files, {plan['input_bytes'] / 1e6:,.1f} MB, "
-                    f"{plan['tasks']:,} tasks -> {plan['out']}"
-                )
-            print(f"then the mix report, mix.json and report.json in {out_dir}")
-        return 0
+            return json.dumps({"dry_run": True, "out": str(out_dir), "stores": plans}, indent=2)
+        lines = [
+            f"[{name}] {plan['files']:,} files, {plan['input_bytes'] / 1e6:,.1f} MB, "
+            f"{plan['tasks']:,} tasks -> {plan['out']}"
+            for name, plan in plans.items()
+        ]
+        return "\n".join([*lines, f"then the mix report, mix.json and report.json in {out_dir}"])
     mix = dict(data["mix"])
     mix["source"] = [
         {"store": str(out_dir / "stores" / s["name"]), **s} if "store" not in s else s
@@ -170,8 +124,6 @@ def run_pipeline(
     spec = MixSpec.from_dict(mix, base_dir=base)
     sampler = MixSampler(spec)
     report = mix_report(sampler)
-    if not as_json:
-        print(format_report(report))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "mix.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     output = data.get("output", {})
@@ -179,19 +131,50 @@ def run_pipeline(
         done = is_exported(sampler, out_dir / "mixed", 0, len(sampler))
         exported = export_mix(sampler, out_dir / "mixed", progress=bool(progress), force=force)
         verb = "reused the export of" if done else "exported"
-        print(f"{verb} {len(sampler):,} blocks in {exported}", file=sys.stderr)
+        logger.info("%s %s blocks in %s", verb, f"{len(sampler):,}", exported)
     if output.get("plot"):
         try:
             plot_mix(sampler, out_dir / "mix.png", title=data.get("name", Path(path).stem))
-            print(f"wrote {out_dir / 'mix.png'}", file=sys.stderr)
+            logger.info("wrote %s", out_dir / "mix.png")
         except MixerError as e:  # matplotlib is optional: the run is still complete
-            print(f"skipped the plot: {e}", file=sys.stderr)
-    print(f"pipeline {data.get('name', path)}: done, outputs in {out_dir}", file=sys.stderr)
-    if as_json:
-        outputs = {"report": str(out_dir / "report.json"), "mix": str(out_dir / "mix.json")}
-        if output.get("export"):
-            outputs["mixed"] = str(out_dir / "mixed")
-        if (out_dir / "mix.png").exists() and output.get("plot"):
-            outputs["plot"] = str(out_dir / "mix.png")
-        print(json.dumps({"stores": stores, "report": report, "outputs": outputs}, indent=2))
-    return 0
+            logger.warning("skipped the plot: %s", e)
+    logger.info("pipeline %s: done, outputs in %s", data.get("name", path), out_dir)
+    if not as_json:
+        return format_report(report)
+    outputs = {"report": str(out_dir / "report.json"), "mix": str(out_dir / "mix.json")}
+    if output.get("export"):
+        outputs["mixed"] = str(out_dir / "mixed")
+    if (out_dir / "mix.png").exists() and output.get("plot"):
+        outputs["plot"] = str(out_dir / "mix.png")
+    return json.dumps({"stores": stores, "report": report, "outputs": outputs}, indent=2)
+
+
+def store_jobs(
+    path: str,
+    data: dict[str, Any],
+    out_dir: Path,
+    inputs: dict[str, list[str]],
+    workers: int | None,
+    ray_address: str | None,
+) -> dict[str, TokenizeJob]:
+    """Every store's job, built (and so checked) before anything runs."""
+    base = Path(path).resolve().parent
+    tokenizer = _resolve(data["tokenizer"], base)
+    jobs = {}
+    for name, table in data["stores"].items():
+        urls = inputs.get(name) or [
+            _resolve(u, base) if isinstance(u, str) else u for u in table.get("inputs", ())
+        ]
+        options = {k: v for k, v in table.items() if k not in ("inputs", "datasets")}
+        try:
+            jobs[name] = TokenizeJob(
+                inputs=urls,
+                tokenizer=tokenizer,
+                out=str(out_dir / "stores" / name),
+                workers=workers,
+                ray_address=ray_address,
+                **options,
+            )
+        except JobError as e:
+            raise SpecError(f"{path}: stores.{name}.{e.field}: {e.problem}") from None
+    return jobs

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -48,6 +48,8 @@ import numpy as np
 from mixer.errors import MixerError
 from mixer.extras import matplotlib_figure, require
 from mixer.units import human_count as human_tokens
+
+logger = logging.getLogger(__name__)
 
 TOKEN_UNIT = 1e9  # the law's T is in billions of tokens
 PAPER_FRACTIONS = (0.001, 0.01, 0.02, 0.05, 0.1)
@@ -603,9 +605,10 @@ def run_injection_plan(
     model_params: float | None,
     tolerance: float,
     as_json: bool,
-) -> int:
+) -> str:
     """`mixer plan --injection`: fit the forgetting law (`mixer.forgetting`) to pilot runs and
-    print the smallest injection fraction keeping the pretraining loss within `tolerance`."""
+    return (for the CLI to print) the smallest injection fraction keeping the pretraining loss
+    within `tolerance`."""
     from mixer.forgetting import (
         fit_forgetting_law,
         format_injection,
@@ -629,10 +632,8 @@ def run_injection_plan(
         raise MixerError(f"--model-params must be positive, got {size:g}")
     rec = injection_report(fit, size, float(finetune_tokens), tolerance)
     if as_json:
-        print(json.dumps({"fit": fit.to_dict(), "recommendation": rec}, indent=2))
-    else:
-        print(format_injection(fit, pilot_csv, rec))
-    return 0
+        return json.dumps({"fit": fit.to_dict(), "recommendation": rec}, indent=2)
+    return format_injection(fit, pilot_csv, rec)
 
 
 def run_plan(
@@ -644,9 +645,9 @@ def run_plan(
     target_tokens: float | None,
     plot: str | None,
     as_json: bool,
-) -> int:
+) -> str:
     """`mixer plan`: the repeat table (with --domain-tokens) and the law's fit and recommended
-    fraction (with --pilot), as text or JSON on stdout; status lines go to stderr."""
+    fraction (with --pilot), returned as text or JSON for the CLI to print; status is logged."""
     if domain_tokens is None and pilot_csv is None:
         raise MixerError(
             "nothing to plan: give --domain-tokens for the repeat table, --pilot CSV for the "
@@ -680,6 +681,5 @@ def run_plan(
         sections.append(format_fit(fit, pilot_csv, rec))
         if plot:
             plot_prediction(fit.law, target, plot, points)
-            print(f"wrote {plot}", file=sys.stderr)
-    print(json.dumps(report, indent=2) if as_json else "\n\n".join(sections))
-    return 0
+            logger.info("wrote %s", plot)
+    return json.dumps(report, indent=2) if as_json else "\n\n".join(sections)

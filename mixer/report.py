@@ -7,6 +7,7 @@ plan takes milliseconds and reads no tokens.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from mixer.mix.export import export_mix, is_exported
 from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec
 from mixer.units import human_count
+
+logger = logging.getLogger(__name__)
 
 LISTED_REPEATS = 100  # repeat starts listed per source; the count of repeats is always given
 
@@ -212,22 +215,24 @@ def run_mix(
     plot: str | None,
     verify: bool = False,
     force: bool = False,
-) -> int:
+) -> str:
     """`mixer mix SPEC.toml`: report (the default, or with --report/--json), --export, --plot.
 
-    The report goes to stdout; status lines and progress go to stderr so --json stays parseable.
+    Returns the report (text or JSON; empty when none was asked for) for the CLI to print on
+    stdout; status lines are logged and progress goes to stderr, so --json stays parseable.
     """
     sampler = MixSampler(MixSpec.from_toml(spec_path), verify=verify)
+    text = ""
     if report or as_json or not (export or plot):
         data = mix_report(sampler)
-        print(json.dumps(data, indent=2) if as_json else format_report(data))
+        text = json.dumps(data, indent=2) if as_json else format_report(data)
     if export:
         last = len(sampler) if stop is None else stop
         done = is_exported(sampler, export, start, last)
         out = export_mix(sampler, export, start, stop, progress=sys.stderr.isatty(), force=force)
         verb = "reused the export of" if done else "exported"
-        print(f"{verb} blocks [{start}, {last}) in {out}", file=sys.stderr)
+        logger.info("%s blocks [%d, %d) in %s", verb, start, last, out)
     if plot:
         plot_mix(sampler, plot, title=Path(spec_path).stem)
-        print(f"wrote {plot}", file=sys.stderr)
-    return 0
+        logger.info("wrote %s", plot)
+    return text

@@ -391,11 +391,11 @@ def test_auto_takes_the_first_verified_engine(tokenizer_files, tmp_path, monkeyp
     files, engines = tokenize_with(tmp_path, path, "auto", "auto")
     assert engines == {"fastokens"}
     assert files == tokenize_with(tmp_path, path, "hf", "hf")[0]
-    with pytest.raises(MixerError, match="^--backend giga refused: .*single_word"):
+    with pytest.raises(MixerError, match="^backend giga refused: .*single_word"):
         tokenize_with(tmp_path, path, "giga", "giga")
 
 
-def test_auto_falls_back_to_hf_naming_every_refusal(tokenizer_files, tmp_path, capsys):
+def test_auto_falls_back_to_hf_naming_every_refusal(tokenizer_files, tmp_path, caplog):
     path = str(tokenizer_files["unigram_metaspace"])
     from test_ingest import documents, jsonl_bytes
 
@@ -408,6 +408,6 @@ def test_auto_falls_back_to_hf_naming_every_refusal(tokenizer_files, tmp_path, c
     )
     manifest = tokenize(job, progress=False)
     assert {shard["backend"] for shard in manifest["shards"]} == {"hf"}
-    warning = capsys.readouterr().err.splitlines()[0]
-    assert warning.startswith("mixer tokenize: warning: using the hf backend: ")
+    warning = next(r for r in caplog.records if r.levelname == "WARNING").getMessage()
+    assert warning.startswith("using the hf backend: ")
     assert "fastokens cannot load" in warning and "gigatoken cannot load" in warning

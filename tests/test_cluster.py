@@ -23,9 +23,8 @@ import pytest
 from test_ingest import documents, jsonl_bytes, store_files
 from test_remote import s3  # noqa: F401 - the moto S3 fixture
 
-from mixer.ingest.driver import tokenize
-from mixer.ingest.job import TokenizeJob
-from mixer.store.reader import TokenStore
+from mixer import TokenStore
+from mixer.ingest import TokenizeJob, tokenize
 
 pytestmark = pytest.mark.slow
 FILES = 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,13 +21,11 @@ import zstandard
 from conftest import CORPUS
 from tokenizers import Tokenizer
 
+from mixer import TokenStore
 from mixer.cli import main
 from mixer.errors import MixerError
-from mixer.ingest import task
-from mixer.ingest.driver import tokenize
-from mixer.ingest.job import TokenizeJob
+from mixer.ingest import TokenizeJob, task, tokenize
 from mixer.store.format import MANIFEST
-from mixer.store.reader import TokenStore
 
 
 def documents(n: int, seed: int = 0) -> list[str]:
@@ -365,7 +364,7 @@ def test_a_shard_written_where_the_driver_cannot_see_it_is_an_error(
     def elsewhere(pending, info, job, on_progress=None):
         for spec in pending:
             entry = task.run_task(spec, info)
-            (Path(spec.out) / entry["bin"]).unlink()  # as if written on another machine's disk
+            (spec.output.staging / entry["bin"]).unlink()  # as if written on another machine's disk
             yield spec, entry, "f00dfeedbeef0123"
 
     monkeypatch.setattr(ingest, "run_on_ray", elsewhere)
@@ -388,12 +387,12 @@ def test_ray_is_used_when_asked_or_when_it_pays_off(monkeypatch):
             Task(url=f"f{n}", format="jsonl", size=int(mb * 1e6)) for n, mb in enumerate(megabytes)
         ]
         return [
-            TaskSpec(task=t, name=f"s{n}", key="", options=None, out="", url=None, backend="")
+            TaskSpec(task=t, name=f"s{n}", key="", options=None, output=None, backend="")
             for n, t in enumerate(tasks)
         ]
 
     def job(**kw):
-        return TokenizeJob(inputs=(), tokenizer="", out="", **kw)
+        return TokenizeJob(inputs=("a.jsonl",), tokenizer="t.json", out="s", **kw)
 
     assert not use_ray(job(), pending(50, 50), "fast")  # 1 s in this process, 8 s on Ray
     assert use_ray(job(), pending(2000, 2000), "fast")
@@ -420,8 +419,7 @@ def test_ray_dispatches_the_largest_tasks_first():
             name=url,
             key="",
             options=None,
-            out="",
-            url=None,
+            output=None,
             backend="",
         )
         for url, size in sizes.items()
@@ -431,7 +429,7 @@ def test_ray_dispatches_the_largest_tasks_first():
 
 
 def test_the_summary_says_when_the_default_kept_a_small_job_out_of_ray(
-    tmp_path, tokenizer_path, monkeypatch, capsys
+    tmp_path, tokenizer_path, monkeypatch, caplog
 ):
     import mixer.ingest.driver as ingest
 
@@ -444,8 +442,9 @@ def test_the_summary_says_when_the_default_kept_a_small_job_out_of_ray(
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_bytes(jsonl_bytes([f"hello {name}"]))
     job = TokenizeJob(inputs=(str(tmp_path),), tokenizer=tokenizer_path, out=str(tmp_path / "s"))
-    tokenize(job, progress=False)
-    assert "in this process (too little input to repay Ray's start-up" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="mixer"):
+        tokenize(job, progress=False)
+    assert "in this process (too little input to repay Ray's start-up" in caplog.text
 
 
 def test_done_records_are_reused_only_when_they_match_the_task_and_the_files():
@@ -458,8 +457,7 @@ def test_done_records_are_reused_only_when_they_match_the_task_and_the_files():
         name="shard-00000",
         key="k1",
         options=None,
-        out="",
-        url=None,
+        output=None,
         backend="hf",
     )
     entry = {"bin": "shard-00000.bin", "bin_bytes": 8, "idx": "shard-00000.idx", "idx_bytes": 24}

@@ -9,16 +9,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from mixer import TokenStore
 from mixer.cli import main
 from mixer.errors import MixerError
-from mixer.ingest.driver import tokenize
-from mixer.ingest.job import TokenizeJob
+from mixer.ingest import TokenizeJob, tokenize
 from mixer.ingest.matches import MAX_VALUES, FieldProbe, Probe
 from mixer.ingest.peek import format_peek, peek
 from mixer.ingest.select import Selection
 from mixer.ingest.where import parse_where
 from mixer.store.format import MANIFEST
-from mixer.store.reader import TokenStore
 
 SAMPLES = Path(__file__).resolve().parents[1] / "pipelines" / "samples"
 

@@ -8,8 +8,8 @@ megatron-core pulls torch and is not a test dependency; to run this:
 import numpy as np
 import pytest
 
-from mixer.store.reader import TokenStore
-from mixer.store.writer import write_store
+from mixer import TokenStore
+from mixer.store import write_store
 
 
 @pytest.mark.parametrize("vocab_size", [1000, 100_000])

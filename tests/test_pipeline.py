@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from mixer import TokenStore
 from mixer.cli import main
-from mixer.store.reader import TokenStore
 
 PIPELINES = sorted(Path(__file__).parent.parent.glob("pipelines/*.toml"))
 MIX_SPECS = {"example-mix.toml", "quickstart-mix.toml"}  # plain mix specs, not recipes
@@ -104,3 +104,30 @@ def test_unknown_store_override_is_one_line_error(tmp_path, capsys):
         main(["run", str(RECIPES[0]), "--out", str(tmp_path), "--input", "nope=/x"])
     err = capsys.readouterr().err
     assert done.value.code == 1 and err.startswith("mixer: error:") and "nope" in err
+
+
+@pytest.mark.parametrize(
+    "store, message",
+    [
+        ('on_eror = "skip"', "stores.b: unknown key 'on_eror' (allowed: datasets, inputs, "),
+        ('on_error = "ignore"', "stores.b.on_error: 'ignore' is not one of fail, skip"),
+        ('where = "x == 1"', "stores.b.where: must be a list of strings"),
+        ("", "stores.b.inputs: name at least one file"),
+    ],
+)
+def test_store_options_are_checked_as_job_fields_before_anything_runs(tmp_path, store, message):
+    """The store keys are TokenizeJob's fields, checked by it, for every store up front."""
+    from mixer.errors import SpecError
+    from mixer.pipeline import run_pipeline
+
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    inputs = 'inputs = ["a.jsonl"]\n' if store else ""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        'tokenizer = "t.json"\n[stores.a]\ninputs = ["a.jsonl"]\n'
+        f"[stores.b]\n{inputs}{store}\n[mix]\nseq_len = 4\nseed = 0\n"
+    )
+    with pytest.raises(SpecError) as info:
+        run_pipeline(str(recipe), str(tmp_path / "out"))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()  # store a was not tokenized first

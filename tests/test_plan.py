@@ -297,12 +297,10 @@ def test_shipped_pilot_example_follows_its_documented_law():
 # run_plan and the plot
 
 
-def test_run_plan_prints_the_table_fit_and_a_recommendation_under_the_cap(capsys):
-    code = run_plan(
+def test_run_plan_returns_the_table_fit_and_a_recommendation_under_the_cap():
+    out = run_plan(
         300_000_000, 200_000_000_000, None, 10, str(EXAMPLE_CSV), None, None, as_json=False
     )
-    out = capsys.readouterr().out
-    assert code == 0
     assert "over cap" in out and "largest fraction under the cap is 1.5%" in out
     assert "recommended fraction: 3." in out  # the law's best at 200B is 3.07%
     assert "under the repeat cap (fractions up to 1.5%): 1.5%" in out
@@ -310,9 +308,12 @@ def test_run_plan_prints_the_table_fit_and_a_recommendation_under_the_cap(capsys
     assert all(f"  {name} " in out for name in CONSTANTS)
 
 
-def test_run_plan_json_holds_table_fit_and_recommendation(capsys):
-    run_plan(300_000_000, 200_000_000_000, [0.01, 0.02], None, str(EXAMPLE_CSV), 32e9, None, True)
-    report = json.loads(capsys.readouterr().out)
+def test_run_plan_json_holds_table_fit_and_recommendation():
+    report = json.loads(
+        run_plan(
+            300_000_000, 200_000_000_000, [0.01, 0.02], None, str(EXAMPLE_CSV), 32e9, None, True
+        )
+    )
     assert [row["fraction"] for row in report["table"]] == [0.01, 0.02]
     assert set(report["fit"]["constants"]) == set(CONSTANTS)
     rec = report["recommendation"]
@@ -321,9 +322,8 @@ def test_run_plan_json_holds_table_fit_and_recommendation(capsys):
     assert abs(rec["fraction"] - recommend_fraction(TRUE, 32e9)[0]) < 0.01
 
 
-def test_run_plan_without_pilots_prints_only_the_table(capsys):
-    assert run_plan(300_000_000, 200_000_000_000, None, None, None, None, None, False) == 0
-    out = capsys.readouterr().out
+def test_run_plan_without_pilots_returns_only_the_table():
+    out = run_plan(300_000_000, 200_000_000_000, None, None, None, None, None, False)
     assert "epochs" in out and "SPT law" not in out
 
 

@@ -8,6 +8,7 @@ usual AWS_* variables can write; objects go under a fresh prefix per test).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import select
@@ -26,14 +27,11 @@ pytest.importorskip("s3fs")
 
 from conftest import CORPUS  # noqa: E402
 
-from mixer.errors import MixerError, StoreError  # noqa: E402
+from mixer import MixerError, MixSampler, MixSpec, StoreError, TokenStore  # noqa: E402
 from mixer.ingest import TokenizeJob, tokenize  # noqa: E402
-from mixer.mix.sampler import MixSampler  # noqa: E402
-from mixer.mix.spec import MixSpec  # noqa: E402
 from mixer.store import cache as store_cache  # noqa: E402
 from mixer.store import remote  # noqa: E402
 from mixer.store.format import MANIFEST
-from mixer.store.reader import TokenStore  # noqa: E402
 
 ENV_ENDPOINT = "MIXER_TEST_S3_ENDPOINT"
 ENV_BUCKET = "MIXER_TEST_S3_BUCKET"
@@ -194,7 +192,7 @@ def inject_upload_errors(monkeypatch, hook) -> None:
 
 
 def test_manifest_is_uploaded_last_and_a_rerun_reuses_the_uploaded_shards(
-    tmp_path, tokenizer_path, s3, prefix, s3fs_, monkeypatch, capsys
+    tmp_path, tokenizer_path, s3, prefix, s3fs_, monkeypatch, caplog
 ):
     options = s3[0]
     inputs = local_inputs(tmp_path / "in")
@@ -220,8 +218,9 @@ def test_manifest_is_uploaded_last_and_a_rerun_reuses_the_uploaded_shards(
     monkeypatch.undo()
     monkeypatch.setenv(store_cache.CACHE_ENV, str(tmp_path / "cache"))
     s3fs_.invalidate_cache()
-    manifest = tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
-    assert "(1 reused)" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="mixer"):
+        manifest = tokenize(job(tokenizer_path, inputs, prefix, options), progress=False)
+    assert "(1 reused)" in caplog.text
     s3fs_.invalidate_cache()
     assert s3fs_.exists(f"{root}/{MANIFEST}") and not s3fs_.exists(f"{root}/.mixer-partial")
     assert not store_cache.staging_dir(prefix).exists()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from mixer import TokenStore
 from mixer.cli import main
 from mixer.errors import MixerError
 from mixer.ingest.inputs import expand_inputs
 from mixer.ingest.select import Selection, SelectionReport, compile_glob, held_out_split
-from mixer.store.reader import TokenStore
 
 
 def tree(root: Path, rels: list[str]) -> Path:

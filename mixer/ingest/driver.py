@@ -1,36 +1,31 @@
-"""`mixer tokenize`: corpus files -> Ray tasks -> a token store, resumable and deterministic.
+"""`mixer tokenize`: corpus files -> tasks -> a token store, resumable and deterministic.
 
 Each task (a file, a byte range of one, or a run of parquet row groups; see
-`mixer.ingest.inputs.plan_tasks`)
-becomes exactly one shard named after its position in the plan, so the store's bytes depend on
-the inputs and the tokenizer, never on how many workers ran or in which order they finished.
+`mixer.ingest.inputs.plan_tasks`) becomes exactly one shard named after its position in the
+plan, so the store's bytes depend on the inputs and the tokenizer, never on how many workers ran
+or in which order they finished.
 
-Crash safety: a worker publishes its shard by renaming, then drops a small "done" record
-(its manifest entry and the task's key) into `STORE/.mixer-partial/`. A rerun reuses every
-shard whose record matches its task, redoes the rest, and writes `manifest.json` last. Until the
-manifest exists the directory is not a store.
-
-A URL --out (s3://...) works the same way on any number of nodes: each worker writes its shard
-to a node-local staging directory, uploads the .bin and .idx, then the done record (so a record
-at the URL means the shard's objects are complete), and deletes its local copy. The driver
-uploads `manifest.json` last. Nothing needs a filesystem shared between nodes.
+Where the store goes, a directory or a URL, is a `mixer.store.output.Output`: the driver claims
+it, workers commit shards with done records, the driver publishes the manifest last (see that
+module for the crash safety and the claims). A rerun reuses every shard whose record matches its
+task (the task key covers the input's size and mtime or etag, the options and the tokenizer) and
+redoes the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
-import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mixer.errors import Interrupted, MixerError
-from mixer.ingest import inputs, readers, where
+from mixer.ingest import inputs, readers
 from mixer.ingest.encoders import (
     AUTO_ORDER,
     TokenizerInfo,
@@ -39,15 +34,13 @@ from mixer.ingest.encoders import (
     verify_backend,
 )
 from mixer.ingest.executors import run_in_process, run_on_ray, use_ray
-from mixer.ingest.files import FORMATS
-from mixer.ingest.job import BACKENDS, TokenizeJob
+from mixer.ingest.job import TokenizeJob
 from mixer.ingest.matches import check_inputs
 from mixer.ingest.progress import Progress, mb
 from mixer.ingest.select import Selection, SelectionReport
-from mixer.ingest.task import PARTIAL_DIR, TaskSpec, task_key
-from mixer.store import cache, remote
-from mixer.store.format import MANIFEST, dtype_for_vocab, json_bytes, shard_files, write_json_atomic
-from mixer.store.reader import read_manifest
+from mixer.ingest.task import TaskSpec, task_key
+from mixer.store.format import dtype_for_vocab, shard_files
+from mixer.store.output import Claimant, Output, open_output
 from mixer.store.writer import build_manifest
 
 logger = logging.getLogger(__name__)
@@ -68,83 +61,6 @@ VERIFY_DOCUMENT_CHARS = 64 << 10
 VERIFY_CHARS_PER_FILE = 256 << 10
 
 
-def finished_entries(out: Path, specs: list[TaskSpec]) -> dict[str, dict[str, Any]]:
-    """Entries of shards an earlier run of the same tasks finished and left intact, by name."""
-
-    def size_of(name: str) -> int | None:
-        path = out / name
-        return path.stat().st_size if path.is_file() else None
-
-    entries = {}
-    for spec in specs:
-        try:
-            record = json.loads((out / PARTIAL_DIR / f"{spec.name}.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        if (entry := reusable(record, spec, size_of)) is not None:
-            entries[spec.name] = entry
-    return entries
-
-
-def finished_remote_entries(url: str, specs: list[TaskSpec], storage_options: dict):
-    """`finished_entries` for a URL --out: done records and shard objects at the URL."""
-    records = remote.read_json_objects(f"{url}/{PARTIAL_DIR}", storage_options)
-    sizes = remote.object_sizes(url, storage_options)
-    entries = {}
-    for spec in specs:
-        record = records.get(f"{spec.name}.json")
-        if (entry := reusable(record, spec, sizes.get)) is not None:
-            entries[spec.name] = entry
-    return entries
-
-
-def reusable(record: Any, spec: TaskSpec, size_of: Callable[[str], int | None]) -> dict | None:
-    """The record's entry if it is for this exact task and both shard files have its sizes."""
-    if not isinstance(record, dict) or record.get("key") != spec.key:
-        return None
-    entry = record.get("entry")
-    if not isinstance(entry, dict):
-        return None
-    for kind in shard_files(entry):
-        name = entry.get(kind)
-        if not isinstance(name, str) or size_of(name) != entry.get(f"{kind}_bytes"):
-            return None
-    return entry
-
-
-def check_output_dir(out: Path, info: TokenizerInfo, job_options: dict) -> dict | None:
-    """Refuse to clobber: returns the existing manifest when this exact job already finished."""
-    if (out / MANIFEST).exists():
-        return check_same_job(read_manifest(out), str(out), info, job_options)
-    if out.exists():
-        if not out.is_dir():
-            raise MixerError(f"--out {out} exists and is not a directory")
-        strays = [
-            p.name for p in out.iterdir() if p.name != PARTIAL_DIR and not p.name.startswith(".")
-        ]
-        if strays and not (out / PARTIAL_DIR).is_dir():
-            raise MixerError(
-                f"--out {out} is a non-empty directory that is not a mixer store "
-                f"(holds {strays[0]!r}); choose an empty or new directory"
-            )
-    return None
-
-
-def check_same_job(manifest: dict, where: str, info: TokenizerInfo, job_options: dict) -> dict:
-    """`manifest` when it records this tokenizer and job, else a MixerError naming `where`."""
-    if manifest["tokenizer"].get("sha256") != info.sha256:
-        raise MixerError(
-            f"{where} holds a store built with another tokenizer "
-            f"({manifest['tokenizer'].get('name')}, sha256 "
-            f"{str(manifest['tokenizer'].get('sha256'))[:12]}…); choose another --out"
-        )
-    if manifest.get("job") != job_options:
-        raise MixerError(
-            f"{where} holds a store built from other inputs or options; choose another --out"
-        )
-    return manifest
-
-
 def tokenize(
     job: TokenizeJob,
     progress: bool | None = None,
@@ -153,41 +69,23 @@ def tokenize(
 ) -> dict[str, Any]:
     """Run a tokenize job to completion and return the store's manifest.
 
-    `dry_run` stops after planning and returns the plan instead (`plan_summary`: files, tasks,
-    bytes, the output and whether it is already complete); nothing is written. `summary`, when
-    given, is filled with what the summary line says (`run_summary`), for `--json`."""
+    `progress` shows progress (default: a bar on a terminal, plain lines otherwise). The
+    summary line is logged at INFO (`mixer.ingest.driver`), warnings at WARNING. `dry_run` stops
+    after planning and returns the plan instead (`plan_summary`: files, tasks, bytes, the output
+    and whether it exists); nothing is written. `summary`, when given, is filled with what the
+    summary line says (`run_summary`), for `--json`."""
     info = load_tokenizer(job.tokenizer, job.eos_token, job.no_eos)
-    for value, allowed, flag in (
-        (job.on_error, ("fail", "skip"), "--on-error"),
-        (job.txt_mode, ("document", "line"), "--txt-mode"),
-    ):
-        if value not in allowed:
-            raise MixerError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
-    if job.backend not in BACKENDS:
-        raise MixerError(f"--backend {job.backend!r} is not one of {', '.join(BACKENDS)}")
-    if job.format is not None and job.format not in FORMATS:
-        raise MixerError(f"--format {job.format!r} is not one of {', '.join(FORMATS)}")
-    # A URL --out: workers upload their shards as they finish, the driver the manifest last.
-    url = job.out.rstrip("/") if remote.is_remote(job.out) else None
-    if url is not None:
-        out = cache.staging_dir(url, job.cache_dir)
-    else:
-        out = Path(job.out.removeprefix("file://"))
+    output = open_output(job.out, job.storage_options, job.cache_dir)
+    output.check_usable()
     options = readers.ReadOptions(
         text_field=job.text_field,
         txt_mode=job.txt_mode,
         on_error=job.on_error,
-        where=tuple(where.parse_where(w) for w in job.where),
+        where=job.row_filters(),
         storage_options=job.storage_options,
         max_document_bytes=job.max_document_bytes,
     )
-    selection = Selection(tuple(job.include), tuple(job.exclude), job.all_splits)
-    chosen = SelectionReport()
-    files = inputs.expand_inputs(
-        list(job.inputs), job.format, job.storage_options, selection, chosen
-    )
-    if (line := chosen.held_out_line()) is not None:
-        print(f"mixer tokenize: {line}", file=sys.stderr)
+    files = find_files(job)
     tasks = inputs.plan_tasks(files, job.chunk_bytes, options)
     job_options = {
         "text_field": job.text_field,
@@ -200,116 +98,72 @@ def tokenize(
     if job.max_document_bytes != readers.MAX_DOCUMENT_BYTES:  # it decides which records stay
         job_options["max_document_bytes"] = job.max_document_bytes
     if dry_run:
-        return plan_summary(job, files, tasks, url or str(out), url is None and out.exists())
-    if url is not None:
-        published = remote.read_remote_manifest(url, job.storage_options)
-        if published is not None:
-            check_same_job(published, url, info, job_options)
-            print(f"{url}: already complete, nothing to do", file=sys.stderr)
-            if summary is not None:
-                summary.update(run_summary(published, published["num_shards"], 0.0, url))
-            return published
-    else:
-        existing = check_output_dir(out, info, job_options)
-        if existing is not None:
-            print(f"{out}: already complete, nothing to do", file=sys.stderr)
-            if summary is not None:
-                summary.update(run_summary(existing, existing["num_shards"], 0.0, str(out)))
-            return existing
-
-    backend = resolve_backend(job.backend, info, tasks, options)
-    specs = [
-        TaskSpec(
-            task,
-            f"shard-{n:05d}",
-            task_key(task, job_options, info, backend),
-            options,
-            (job.cache_dir or "") if url else str(out),
-            backend,
-            url,
-        )
-        for n, task in enumerate(tasks)
-    ]
-    if url is None:
-        (out / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
-        entries = finished_entries(out, specs)
-    else:
-        entries = finished_remote_entries(url, specs, job.storage_options)
-    pending = [s for s in specs if s.name not in entries]
-
-    bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
-    bar.reused(sum(s.task.weight for s in specs if s.name in entries), len(entries))
-    started = time.perf_counter()
-    on_ray = use_ray(job, pending, backend)
-    execute = run_on_ray if on_ray else run_in_process
-    nodes: set[str] = set()
-    running = execute(pending, info, job, bar.advance)
+        return plan_summary(job, files, tasks, output.where, output.exists())
+    if (done := complete_store(output, info, job_options, tasks, quiet=True)) is not None:
+        if summary is not None:
+            summary.update(run_summary(done, done["num_shards"], 0.0, output.where))
+        return done
+    identity = json.dumps([info.sha256, job_options, output.where], sort_keys=True)
+    output.claim(Claimant.for_job(hashlib.sha256(identity.encode()).hexdigest()))
     try:
-        for spec, entry, node in running:
-            if node is not None:
-                if url is None:
-                    check_visible(out, entry, node)
-                nodes.add(node)
-            entries[spec.name] = entry
-            bar.finish(spec.name, spec.task.weight, entry, entry.get("text_bytes"))
-    except KeyboardInterrupt:
-        running.close()  # cancels and waits for Ray tasks still running
-        bar.close()
-        remove_temporaries(out)
-        # What a rerun will reuse: workers may have finished shards the driver had not heard of.
-        if url is None:
-            kept = len(finished_entries(out, specs))
-        else:
-            kept = len(finished_remote_entries(url, specs, job.storage_options))
-        raise Interrupted(
-            f"interrupted: {kept} of {len(specs)} shards kept; rerun the same command to resume"
-        ) from None
+        if (done := complete_store(output, info, job_options, tasks)) is not None:
+            if summary is not None:  # a run of the same job finished it while this one waited
+                summary.update(run_summary(done, done["num_shards"], 0.0, output.where))
+            return done
+        backend = resolve_backend(job.backend, info, tasks, options)
+        specs = [
+            TaskSpec(
+                t,
+                f"shard-{n:05d}",
+                task_key(t, job_options, info, backend),
+                options,
+                output,
+                backend,
+            )
+            for n, t in enumerate(tasks)
+        ]
+        entries = reusable_entries(output, specs)
+        started = time.perf_counter()
+        reused = len(entries)
+        bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
+        bar.reused(sum(s.task.weight for s in specs if s.name in entries), reused)
+        try:
+            on_ray, nodes = run_tasks(
+                [s for s in specs if s.name not in entries], entries, info, job, bar
+            )
+            # A run that lost a URL output may have overwritten a shard after its check: redo.
+            if lost := not_own(output, specs, entries):
+                logger.warning(
+                    "%s: %d shards were overwritten by another run; redoing them",
+                    output.where,
+                    len(lost),
+                )
+                run_tasks(lost, entries, info, job, bar)
+                if lost := not_own(output, specs, entries):
+                    raise MixerError(
+                        f"{output.where}: shard {lost[0].name} is not the one this job wrote "
+                        "(another job writes the same output); nothing was published"
+                    )
+        except KeyboardInterrupt:
+            bar.close()
+            output.remove_temporaries()  # the workers were cancelled and waited for
+            # What a rerun will reuse: workers may have finished shards the driver had not seen.
+            kept = len(reusable_entries(output, specs))
+            raise Interrupted(
+                f"interrupted: {kept} of {len(specs)} shards kept; rerun the same command to resume"
+            ) from None
+        finally:
+            bar.close()
+        manifest = store_manifest(specs, entries, files, options, info, job_options)
+        output.publish(manifest)
     finally:
-        bar.close()
-
-    source_of = {f.url: f.input for f in files}
-    check_inputs(
-        [(source_of[s.task.url], entries[s.name]) for s in specs], options.where, job.text_field
-    )
-    shards = [{k: v for k, v in entries[s.name].items() if k != "probe"} for s in specs]
-    skipped: Counter[str] = Counter()
-    for entry in shards:
-        skipped.update(entry["skipped"])
-    manifest = build_manifest(
-        shards,
-        tokenizer=info.manifest_entry(),
-        eos_id=info.eos_id,
-        dtype=dtype_for_vocab(info.vocab_size),
-        job=job_options,
-        skipped=dict(sorted(skipped.items())),
-        filtered=sum(e["filtered"] for e in shards),
-    )
-    if url is None:
-        write_json_atomic(out / MANIFEST, manifest)
-        shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
-        remove_temporaries(out)  # left by a worker killed mid-shard (and retried)
-    else:
-        remote.put_bytes(f"{url}/{MANIFEST}", json_bytes(manifest), job.storage_options)
-        remote.remove_prefix(f"{url}/{PARTIAL_DIR}", job.storage_options)
-        shutil.rmtree(out, ignore_errors=True)
+        output.release()
+    note_kept_out_of_ray(on_ray, job, len(specs) - reused)
+    size = sum(e["bin_bytes"] + e["idx_bytes"] + e.get("rec_bytes", 0) for e in manifest["shards"])
     elapsed = time.perf_counter() - started
-    kept_out_of_ray = (
-        not on_ray and job.workers is None and min(os.cpu_count() or 1, len(pending)) > 1
-    )
-    global _said_ray_note
-    if kept_out_of_ray and not _said_ray_note:
-        _said_ray_note = True
-        print(
-            "mixer tokenize: ran in this process (too little input to repay Ray's start-up of "
-            "about 7 s; --workers N forces Ray)",
-            file=sys.stderr,
-        )
-    location = job.out if url is not None else str(out)
-    size = sum(e["bin_bytes"] + e["idx_bytes"] + e.get("rec_bytes", 0) for e in shards)
-    reused = len(entries) - len(pending)
-    print(summary_line(manifest, reused, elapsed, nodes, location, size, bar), file=sys.stderr)
+    logger.info(summary_line(manifest, reused, elapsed, nodes, output.where, size, bar))
     if summary is not None:
-        summary.update(run_summary(manifest, reused, elapsed, location, size, bar, nodes))
+        summary.update(run_summary(manifest, reused, elapsed, output.where, size, bar, nodes))
     return manifest
 
 
@@ -360,37 +214,209 @@ def run_summary(
     }
 
 
-_said_ray_note = False  # the note above is printed once per process (a recipe has many stores)
+_said_ray_note = False  # the note is logged once per process (a recipe has many stores)
 
 
-def remove_temporaries(out: Path) -> None:
-    """Remove half-written shard files (hidden `.NAME.KIND.tmp-PID`) from a store directory:
-    the store's run is the only writer there, so whatever is left is a killed task's."""
-    if out.is_dir():
-        for litter in out.glob(".shard-*.tmp-*"):
-            litter.unlink(missing_ok=True)
+def note_kept_out_of_ray(on_ray: bool, job: TokenizeJob, pending: int) -> None:
+    """Say (once per process) when the default kept a job with several tasks out of Ray."""
+    global _said_ray_note
+    if not on_ray and job.workers is None and min(os.cpu_count() or 1, pending) > 1:
+        if not _said_ray_note:
+            _said_ray_note = True
+            logger.info(
+                "ran in this process (too little input to repay Ray's start-up of about 7 s; "
+                "workers=N forces Ray)"
+            )
 
 
-def check_visible(out: Path, entry: dict, node: str) -> None:
-    """A shard a Ray worker wrote must be readable here: --out must be shared by all nodes."""
-    path = out / entry["bin"]
-    if not path.is_file() or path.stat().st_size != entry["bin_bytes"]:
+def find_files(job: TokenizeJob) -> list[inputs.InputFile]:
+    """The corpus files of the job's inputs, through its include/exclude selection."""
+    chosen = SelectionReport()
+    files = inputs.expand_inputs(
+        list(job.inputs),
+        job.format,
+        job.storage_options,
+        Selection(job.include, job.exclude, job.all_splits),
+        chosen,
+    )
+    if (line := chosen.held_out_line()) is not None:
+        logger.info(line)
+    return files
+
+
+def run_tasks(
+    pending: list[TaskSpec], entries: dict, info: TokenizerInfo, job: TokenizeJob, bar: Progress
+) -> tuple[bool, set[str]]:
+    """Run `pending`, adding each entry to `entries`; (ran on Ray, Ray node ids that ran them).
+
+    However this ends (done, an error, Ctrl-C), tasks still running are cancelled and waited
+    for before it returns or raises."""
+    on_ray = use_ray(job, pending, pending[0].backend) if pending else False
+    execute = run_on_ray if on_ray else run_in_process
+    nodes: set[str] = set()
+    running = execute(pending, info, job, bar.advance)
+    try:
+        for spec, entry, node in running:
+            if node is not None:
+                spec.output.check_visible(entry, node)
+                nodes.add(node)
+            entries[spec.name] = entry
+            bar.finish(spec.name, spec.task.weight, entry, entry.get("text_bytes"))
+    finally:
+        running.close()
+    return on_ray, nodes
+
+
+def complete_store(
+    output: Output,
+    info: TokenizerInfo,
+    job_options: dict,
+    tasks: list[inputs.Task],
+    quiet: bool = False,
+) -> dict | None:
+    """The output's manifest when this job finished it on these very inputs, else None.
+
+    A store of another tokenizer or other options is refused; one whose inputs changed since
+    (size, mtime or etag) is rebuilt, reusing the shards of unchanged inputs, and the log says
+    what changed.
+    """
+    manifest = output.read_manifest()
+    if manifest is None:
+        return None
+    check_same_job(manifest, output.where, info, job_options)
+    changes = changed_inputs(manifest, tasks)
+    if not changes:
+        logger.info("%s: already complete, nothing to do", output.where)
+        return manifest
+    if not quiet:
+        logger.warning(
+            "%s: inputs changed since the store was built (%s); rebuilding their shards",
+            output.where,
+            "; ".join(changes),
+        )
+    return None
+
+
+def changed_inputs(manifest: dict, tasks: list[inputs.Task]) -> list[str]:
+    """What differs between the inputs a store was built from and `tasks`, one line per file."""
+    built: dict[str, list[dict]] = {}
+    for entry in manifest["shards"]:
+        source = entry.get("input") if isinstance(entry, dict) else None
+        if isinstance(source, dict):
+            built.setdefault(str(source.get("url")), []).append(source)
+    now: dict[str, list[dict]] = {}
+    for task in tasks:
+        now.setdefault(task.url, []).append(task.describe())
+    changes = []
+    for url, described in now.items():
+        before = built.get(url, [])
+        if before == described:
+            continue
+        old = before[0] if before else {}
+        if old.get("size") != described[0]["size"]:
+            changes.append(f"{url}: {old.get('size')} -> {described[0]['size']} bytes")
+        elif old.get("version") != described[0].get("version"):
+            changes.append(f"{url}: same size, modified since")
+        else:
+            changes.append(f"{url}: split differently")
+    return changes
+
+
+def reusable_entries(output: Output, specs: list[TaskSpec]) -> dict[str, dict[str, Any]]:
+    """Entries of shards an earlier run of the same tasks finished and left intact, by name.
+
+    A finished store whose inputs changed (see `complete_store`) becomes a store being written
+    again: the shards of unchanged tasks get done records, then the manifest goes.
+    """
+    manifest = output.read_manifest()
+    if manifest is not None:
+        built = {e.get("name"): e for e in manifest["shards"] if isinstance(e, dict)}
+        keep = {
+            s.name: {"key": s.key, "entry": built[s.name]}
+            for s in specs
+            if s.name in built and built[s.name].get("input") == s.task.describe()
+        }
+        output.restart(keep)
+    records, size_of = output.done_records()
+    entries = {}
+    for spec in specs:
+        if (entry := reusable(records.get(spec.name), spec, size_of)) is not None:
+            entries[spec.name] = entry
+    return entries
+
+
+def reusable(record: Any, spec: TaskSpec, size_of: Callable[[str], int | None]) -> dict | None:
+    """The record's entry if it is for this exact task and both shard files have its sizes."""
+    if not isinstance(record, dict) or record.get("key") != spec.key:
+        return None
+    entry = record.get("entry")
+    if not isinstance(entry, dict):
+        return None
+    for kind in shard_files(entry):
+        name = entry.get(kind)
+        if not isinstance(name, str) or size_of(name) != entry.get(f"{kind}_bytes"):
+            return None
+    return entry
+
+
+def not_own(output: Output, specs: list[TaskSpec], entries: dict) -> list[TaskSpec]:
+    """The specs whose shard in the output is not the one this job wrote or reused."""
+    records, size_of = output.done_records()
+    lost = []
+    for spec in specs:
+        found = reusable(records.get(spec.name), spec, size_of)
+        ours = entries[spec.name]
+        if found is None or any(found.get(k) != ours.get(k) for k in ("bin_sha256", "idx_sha256")):
+            lost.append(spec)
+            del entries[spec.name]
+    return lost
+
+
+def store_manifest(
+    specs: list[TaskSpec],
+    entries: dict,
+    files: list[inputs.InputFile],
+    options: readers.ReadOptions,
+    info: TokenizerInfo,
+    job_options: dict,
+) -> dict[str, Any]:
+    """The manifest of the finished shards, after checking every input contributed."""
+    source_of = {f.url: f.input for f in files}
+    check_inputs(
+        [(source_of[s.task.url], entries[s.name]) for s in specs], options.where, options.text_field
+    )
+    shards = [{k: v for k, v in entries[s.name].items() if k != "probe"} for s in specs]
+    skipped: Counter[str] = Counter()
+    for entry in shards:
+        skipped.update(entry["skipped"])
+    return build_manifest(
+        shards,
+        tokenizer=info.manifest_entry(),
+        eos_id=info.eos_id,
+        dtype=dtype_for_vocab(info.vocab_size),
+        job=job_options,
+        skipped=dict(sorted(skipped.items())),
+        filtered=sum(e["filtered"] for e in shards),
+    )
+
+
+def check_same_job(manifest: dict, where: str, info: TokenizerInfo, job_options: dict) -> None:
+    """Refuse (naming `where`) a manifest of another tokenizer or other inputs or options."""
+    if manifest["tokenizer"].get("sha256") != info.sha256:
         raise MixerError(
-            f"{entry['name']} was written on Ray node {node[:12]} but is not at {path} on the "
-            "driver: on a multi-node cluster --out must be a shared filesystem or a URL"
+            f"{where} holds a store built with another tokenizer "
+            f"({manifest['tokenizer'].get('name')}, sha256 "
+            f"{str(manifest['tokenizer'].get('sha256'))[:12]}…); choose another output"
+        )
+    if manifest.get("job") != job_options:
+        raise MixerError(
+            f"{where} holds a store built from other inputs or options; choose another output"
         )
 
 
 def verification_sample(tasks: list[inputs.Task], options: readers.ReadOptions):
     """The first documents of every input file (up to VERIFY_FILES files), labelled file:n."""
-    options = readers.ReadOptions(
-        text_field=options.text_field,
-        txt_mode=options.txt_mode,
-        on_error="skip",
-        where=options.where,
-        storage_options=options.storage_options,
-        max_document_bytes=options.max_document_bytes,
-    )
+    options = dataclasses.replace(options, on_error="skip")
     firsts = {t.url: t for t in reversed(tasks)}  # the first task of each file
     sample = []
     for task in list(reversed(firsts.values()))[:VERIFY_FILES]:
@@ -426,12 +452,12 @@ def resolve_backend(
         mismatch = verify_backend(info, sample, backend)
         if mismatch is None:
             if refusals:
-                logger.info("using --backend %s; %s", backend, "; ".join(refusals))
+                logger.info("using backend %s; %s", backend, "; ".join(refusals))
             return backend
         if requested != "auto":
-            raise MixerError(f"--backend {backend} refused: {mismatch}; use --backend hf or auto")
+            raise MixerError(f"backend {backend} refused: {mismatch}; use backend hf or auto")
         refusals.append(mismatch)
-    print(f"mixer tokenize: warning: using the hf backend: {'; '.join(refusals)}", file=sys.stderr)
+    logger.warning("using the hf backend: %s", "; ".join(refusals))
     return "hf"
 
 
@@ -460,8 +486,8 @@ def summary_line(
         ),
     ]
     if manifest["filtered"]:
-        parts.append(f"{manifest['filtered']:,} filtered out by --where")
-    line = "mixer tokenize: " + ", ".join(parts) + f" in {seconds:.1f}s"
+        parts.append(f"{manifest['filtered']:,} filtered out by where")
+    line = ", ".join(parts) + f" in {seconds:.1f}s"
     if progress is not None and progress.done.text_bytes:
         line += f" ({mb(progress.done.text_bytes)} of text, {progress.rate() / 1e6:,.1f} MB/s)"
     if nodes:

@@ -30,8 +30,8 @@ def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
     """Whether to run on Ray: always with --ray-address or an explicit --workers N > 1.
 
     By default (all CPUs of this machine) only when the work is large enough to repay a local
-    Ray's start-up, shutdown and worker imports, about 7 s: with the fast engine 500 MB took 7.0 s
-    in this process and 12.5 s on two Ray workers (BENCHMARKS.md, "Scaling").
+    Ray's start-up, shutdown and worker imports (`RAY_START_S`; measured in BENCHMARKS.md,
+    "Scaling").
     """
     if job.workers == 0:
         return False

@@ -41,6 +41,8 @@ class InputFile:
     format: str
     input: str = field(default="", compare=False)
     """The input (file, folder or glob, as given) it was found under."""
+    version: str = field(default="", compare=False)
+    """What else identifies this state of the file: its mtime in ns, or its etag (`_version`)."""
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,16 @@ class Task:
     size: int
     byte_range: tuple[int, int] | None = None
     row_groups: tuple[int, int] | None = None
+    version: str = ""
+    """The input file's version (`InputFile.version`): with `size`, what the file was."""
     est_bytes: int | None = field(default=None, compare=False, repr=False)
     """Bytes the task reads when neither `size` nor `byte_range` says (parquet row groups)."""
 
     def describe(self) -> dict:
         """JSON-able identity of the task, for the manifest and resume keys."""
-        out: dict[str, Any] = {"url": self.url, "format": self.format}
+        out: dict[str, Any] = {"url": self.url, "format": self.format, "size": self.size}
+        if self.version:
+            out["version"] = self.version
         if self.byte_range is not None:
             out["byte_range"] = list(self.byte_range)
         if self.row_groups is not None:
@@ -124,10 +130,10 @@ def expand_inputs(
             found = _expand_one(spec, format, storage_options or {}, selection, report, sample)
         except (FileNotFoundError, PermissionError) as e:
             raise MixerError(f"cannot list input {spec!r}: {e}") from None
-        for url, size in sorted(found):
+        for url, size, version in sorted(found):
             if url not in seen:
                 seen.add(url)
-                files.append(InputFile(url, size, format or detect_format(url), spec))
+                files.append(InputFile(url, size, format or detect_format(url), spec, version))
     if sample:  # some input was a folder or glob, where patterns apply
         selection.check_includes(report, list(inputs), sample)
     return files
@@ -140,6 +146,16 @@ def _static_root(path: str) -> tuple[str, str]:
     return (path[:cut], path[cut + 1 :]) if cut >= 0 else ("", path)
 
 
+def _version(info: dict[str, Any], path: str, local: bool) -> str:
+    """A file's version beside its size: mtime in ns locally, else the store's etag or mtime."""
+    if local:
+        return str(os.stat(path).st_mtime_ns)
+    for key in ("ETag", "etag", "md5Hash", "generation", "LastModified", "mtime", "updated"):
+        if info.get(key) is not None:
+            return f"{key}:{info[key]}"
+    return ""
+
+
 def _expand_one(
     spec: str,
     format: str | None,
@@ -147,7 +163,7 @@ def _expand_one(
     selection: Selection,
     report: SelectionReport,
     sample: list[str],
-) -> list[tuple[str, int]]:
+) -> list[tuple[str, int, str]]:
     fs, path = fsspec.core.url_to_fs(spec, **storage_options)
     local = isinstance(fs, LocalFileSystem)
     if local:
@@ -161,20 +177,21 @@ def _expand_one(
         root, pattern = _static_root(path)
         root_names = literal_names(pattern)
         entries = fs.glob(path, detail=True)
-        candidates: list[tuple[str, str, int]] = []
+        candidates: list[tuple[str, str, dict]] = []
         for p, info in entries.items():
             rel = p[len(root) :].lstrip("/") if p.startswith(root) else p.rsplit("/", 1)[-1]
             if info["type"] == "directory":
-                candidates += [(q, f"{rel}/{r}", s) for q, r, s in _walk(fs, p)]
+                candidates += [(q, f"{rel}/{r}", i) for q, r, i in _walk(fs, p)]
             else:
-                candidates.append((p, rel, info.get("size") or 0))
+                candidates.append((p, rel, info))
     elif fs.isdir(path):
         candidates = _walk(fs, path)
     elif fs.isfile(path):
-        return [(url_of(path), fs.size(path) or 0)]
+        info = fs.info(path)
+        return [(url_of(path), info.get("size") or 0, _version(info, path, local))]
     else:
         raise MixerError(f"no input files match {spec!r}: it does not exist")
-    corpus = [(p, rel, size) for p, rel, size in candidates if _selected(rel, format)]
+    corpus = [(p, rel, info) for p, rel, info in candidates if _selected(rel, format)]
     if not corpus:
         unknown = [rel for _, rel, _ in candidates if _selected(rel, "any")]
         hint = ""
@@ -184,7 +201,9 @@ def _expand_one(
     sample += [rel for _, rel, _ in corpus[:3]]
     before = (sum(report.held_out.values()), report.excluded)
     chosen = [
-        (url_of(p), size) for p, rel, size in corpus if selection.choose(rel, root_names, report)
+        (url_of(p), info.get("size") or 0, _version(info, p, local))
+        for p, rel, info in corpus
+        if selection.choose(rel, root_names, report)
     ]
     if not chosen:
         held = sum(report.held_out.values()) - before[0]
@@ -205,12 +224,12 @@ def _expand_one(
     return chosen
 
 
-def _walk(fs: Any, root: str) -> list[tuple[str, str, int]]:
-    """(path, path relative to root, size) of every file under a directory."""
+def _walk(fs: Any, root: str) -> list[tuple[str, str, dict]]:
+    """(path, path relative to root, fsspec info) of every file under a directory."""
     root = root.rstrip("/")
     found = fs.find(root, detail=True)
     return [
-        (p, p[len(root) :].lstrip("/"), info.get("size") or 0)
+        (p, p[len(root) :].lstrip("/"), info)
         for p, info in found.items()
         if info["type"] != "directory"
     ]
@@ -245,11 +264,11 @@ def plan_tasks(
             n = -(-f.size // chunk_bytes)
             bounds = [f.size * i // n for i in range(n + 1)]
             tasks += [
-                Task(f.url, f.format, f.size, byte_range=(a, b))
+                Task(f.url, f.format, f.size, byte_range=(a, b), version=f.version)
                 for a, b in zip(bounds, bounds[1:], strict=False)
             ]
         else:
-            tasks.append(Task(f.url, f.format, f.size))
+            tasks.append(Task(f.url, f.format, f.size, version=f.version))
     return tasks
 
 
@@ -281,8 +300,17 @@ def _split_row_groups(f: InputFile, groups: list[tuple[int, int]], chunk: int) -
     if start < len(groups):
         runs.append((start, len(groups)))
     if len(runs) <= 1:
-        return [Task(f.url, f.format, f.size, est_bytes=sum(c for _, c in groups))]
+        return [
+            Task(f.url, f.format, f.size, version=f.version, est_bytes=sum(c for _, c in groups))
+        ]
     return [
-        Task(f.url, f.format, f.size, row_groups=(a, b), est_bytes=sum(c for _, c in groups[a:b]))
+        Task(
+            f.url,
+            f.format,
+            f.size,
+            row_groups=(a, b),
+            version=f.version,
+            est_bytes=sum(c for _, c in groups[a:b]),
+        )
         for a, b in runs
     ]

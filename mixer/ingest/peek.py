@@ -16,6 +16,7 @@ from typing import Any
 from mixer.errors import MixerError
 from mixer.ingest import inputs, readers
 from mixer.ingest.files import arrow_errors, open_input
+from mixer.ingest.job import check_text_field
 from mixer.ingest.matches import value_label
 from mixer.ingest.select import Selection
 from mixer.ingest.where import MISSING, get_field
@@ -72,6 +73,7 @@ def peek(
     the input's files, and summarize them (see the module docstring)."""
     if limit < 1 or max_files < 1:
         raise MixerError(f"--limit and --files must be at least 1, got {limit} and {max_files}")
+    check_text_field(text_field)
     storage_options = storage_options or {}
     files = inputs.expand_inputs(specs, format, storage_options, selection)
     if field is not None and all(f.format.startswith("txt") for f in files):

@@ -41,12 +41,6 @@ book is a few MB) and keeps the tokenizer's memory for one document bounded: HF 
 peaks at about 200 bytes per input byte (a 50 MB line took 10.2 GB), so ~3.3 GB here."""
 
 
-def check_max_document_bytes(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise MixerError(f"--max-document-bytes must be a positive integer, got {value!r}")
-    return value
-
-
 def _too_large(limit: int) -> _BadRecord:
     return _BadRecord(
         "too_large",
@@ -57,7 +51,9 @@ def _too_large(limit: int) -> _BadRecord:
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How records become documents; shipped to every worker, so it must stay small."""
+    """How records become documents; shipped to every worker, so it must stay small.
+
+    Built from a validated `TokenizeJob` (or `mixer peek`'s arguments): no checks of its own."""
 
     text_field: str = "text"
     txt_mode: str = "document"
@@ -65,17 +61,6 @@ class ReadOptions:
     where: tuple[RowFilter, ...] = ()
     storage_options: dict = field(default_factory=dict, hash=False)
     max_document_bytes: int = MAX_DOCUMENT_BYTES
-
-    def __post_init__(self) -> None:
-        check_max_document_bytes(self.max_document_bytes)
-        for name, value, allowed in (
-            ("txt_mode", self.txt_mode, ("document", "line")),
-            ("on_error", self.on_error, ("fail", "skip")),
-        ):
-            if value not in allowed:
-                raise MixerError(f"{name} {value!r} is not one of {', '.join(allowed)}")
-        if not self.text_field or any(not p for p in self.text_field.split(".")):
-            raise MixerError(f"bad text field {self.text_field!r}")
 
 
 @dataclass
@@ -247,11 +232,11 @@ def _line_records(task: Task, options: ReadOptions, stats: ReadStats) -> Iterato
 def _parse_json(line: bytes, fast: bool = True) -> dict | None:
     """The JSON object on one line; None for a blank line.
 
-    With `fast`, orjson parses the bytes (about 2x faster than `json`) and whatever it refuses
-    (invalid UTF-8, lone surrogate escapes, NaN, huge numbers, blank lines) is parsed again by
-    `json`, so the lines accepted, their strings and the error messages are the standard
-    library's. One difference remains: integers beyond 64 bits become floats. A --where filter
-    could see that, so filtered reads pass fast=False.
+    With `fast`, orjson parses the bytes (faster: BENCHMARKS.md, "Tokenize pipeline") and
+    whatever it refuses (invalid UTF-8, lone surrogate escapes, NaN, huge numbers, blank
+    lines) is parsed again by `json`, so the lines accepted, their strings and the error
+    messages are the standard library's. One difference remains: integers beyond 64 bits
+    become floats. A --where filter could see that, so filtered reads pass fast=False.
     """
     record: Any = _BLANK
     if fast:

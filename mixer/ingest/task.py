@@ -9,20 +9,15 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from mixer.ingest import inputs, readers
-from mixer.ingest.encoders import (
-    TokenizerInfo,
-    make_encoder,
-)
+from mixer.ingest.encoders import TokenizerInfo, make_encoder
 from mixer.ingest.progress import Done, TaskReporter
-from mixer.store import cache, remote
-from mixer.store.format import dtype_for_vocab, json_bytes, shard_files, write_json_atomic
+from mixer.store.format import dtype_for_vocab
+from mixer.store.output import Output
 from mixer.store.writer import ShardWriter
 
-PARTIAL_DIR = ".mixer-partial"  # done records of finished tasks, until the manifest is written
 BATCH_DOCUMENTS = 512
 
 
@@ -45,17 +40,18 @@ class TaskSpec:
     name: str
     key: str
     options: readers.ReadOptions
-    out: str  # the store directory; for a URL --out, the cache dir for node-local staging
+    output: Output
     backend: str
-    url: str | None = None  # a URL --out, where the worker uploads the finished shard
 
 
 def task_key(task: inputs.Task, options: dict, tokenizer: TokenizerInfo, backend: str) -> str:
-    """Fingerprint of everything that determines a shard's bytes: reuse only on a match."""
+    """Fingerprint of everything that determines a shard's bytes: reuse only on a match.
+
+    The task's description holds its input's size and version (mtime or etag), so a shard of an
+    input changed since is redone."""
     material = {
         "task": task.describe(),
         "backend": backend,
-        "size": task.size,
         "options": options,
         "tokenizer": tokenizer.sha256,
         "eos": tokenizer.eos_id,
@@ -66,18 +62,14 @@ def task_key(task: inputs.Task, options: dict, tokenizer: TokenizerInfo, backend
 def run_task(
     spec: TaskSpec, info: TokenizerInfo, report: Callable[[Done], None] | None = None
 ) -> dict[str, Any]:
-    """Tokenize one task into one shard and record it as done; returns its manifest entry.
+    """Tokenize one task into one shard and commit it with its done record; returns its entry.
 
     `report`, if given, is called with the work done since its last call (documents, tokens,
     input and text bytes) after encoded batches, at most every `REPORT_INTERVAL_S`; the entry
     gains `text_bytes` (UTF-8 bytes of the documents)."""
-    out = Path(spec.out)
-    if spec.url is not None:  # staging on whichever node runs this task
-        out = cache.staging_dir(spec.url, spec.out or None)
-        out.mkdir(parents=True, exist_ok=True)
     encoder = make_encoder(info, spec.backend)
     stats = readers.ReadStats()
-    writer = ShardWriter(out, spec.name, dtype_for_vocab(info.vocab_size))
+    writer = ShardWriter(spec.output.staging, spec.name, dtype_for_vocab(info.vocab_size))
     try:
         numbered = readers.read_numbered(spec.task, spec.options, stats)
         done = TaskReporter(report, lambda: stats.bytes_read)
@@ -99,11 +91,7 @@ def run_task(
         text_bytes=done.text_bytes,
         probe=stats.probe.to_json(),  # dropped from the manifest (mixer.ingest.matches)
     )
-    record = {"key": spec.key, "entry": entry}
-    if spec.url is None:
-        write_json_atomic(out / PARTIAL_DIR / f"{spec.name}.json", record)
-    else:
-        upload_shard(out, spec, record)
+    spec.output.commit_shard(spec.name, {"key": spec.key, "entry": entry})
     return entry
 
 
@@ -176,18 +164,3 @@ def read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
             except queue.Empty:
                 pass
         thread.join()
-
-
-def upload_shard(staging: Path, spec: TaskSpec, record: dict) -> None:
-    """Upload a finished shard, then its done record, then drop the node-local copy."""
-    entry = record["entry"]
-    storage_options = spec.options.storage_options
-    names = [entry[kind] for kind in shard_files(entry)]
-    remote.upload_files(staging, names, spec.url, storage_options)
-    remote.put_bytes(
-        f"{spec.url}/{PARTIAL_DIR}/{spec.name}.json",
-        json_bytes(record),
-        storage_options,
-    )
-    for name in names:
-        (staging / name).unlink(missing_ok=True)

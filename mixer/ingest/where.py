@@ -66,7 +66,7 @@ class RowFilter:
                 return bool(actual >= value)  # type: ignore[operator]
         except TypeError:  # e.g. "abc" < 0.5: incomparable values do not match
             return False
-        raise MixerError(f"unknown --where operator {op!r}")
+        raise MixerError(f"unknown filter operator {op!r}")
 
     def describe(self) -> str:
         """Canonical text (parses back to an equal filter), recorded in the manifest."""
@@ -82,7 +82,7 @@ def parse_where(expr: str) -> RowFilter:
     match = _WHERE.match(expr)
     if match is None:
         raise MixerError(
-            f"bad --where {expr!r}: expected FIELD OP VALUE with OP one of {', '.join(_OPS)}"
+            f"bad filter {expr!r}: expected FIELD OP VALUE with OP one of {', '.join(_OPS)}"
         )
     op = match["cmp"] or " ".join(match["word"].split())
     text = match["value"]
@@ -90,7 +90,7 @@ def parse_where(expr: str) -> RowFilter:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         raise MixerError(
-            f'bad --where {expr!r}: cannot parse {text!r} as a literal (quote strings: "en")'
+            f'bad filter {expr!r}: cannot parse {text!r} as a literal (quote strings: "en")'
         ) from None
     if op in ("in", "not in"):
         if isinstance(value, (set, frozenset)):
@@ -98,14 +98,14 @@ def parse_where(expr: str) -> RowFilter:
         elif isinstance(value, (list, tuple)):
             value = tuple(value)
         else:
-            raise MixerError(f'bad --where {expr!r}: {op!r} needs a list, e.g. ["a", "b"]')
+            raise MixerError(f'bad filter {expr!r}: {op!r} needs a list, e.g. ["a", "b"]')
         scalars = value
     else:
         scalars = (value,)
     for item in scalars:
         if not (item is None or isinstance(item, (str, int, float, bool))):
             raise MixerError(
-                f"bad --where {expr!r}: values must be strings, numbers, booleans or None"
+                f"bad filter {expr!r}: values must be strings, numbers, booleans or None"
             )
     return RowFilter(match["field"], op, value)
 

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from mixer.errors import MixerError
 from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler
 from mixer.mix.steering import steering_state
-from mixer.store.format import MANIFEST, json_bytes, write_json_atomic
+from mixer.store.format import MANIFEST, json_bytes
+from mixer.store.output import Claimant, LocalOutput
 from mixer.store.reader import TokenStore, read_manifest
 from mixer.store.writer import ShardWriter, build_manifest
 
@@ -111,7 +112,28 @@ def export_mix(
     if existing_export(out, record, force):
         logger.info("%s already holds this export; reused", out)
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    # The same claim as a tokenize job's: one writer at a time, temporaries of dead ones removed.
+    output = LocalOutput(out)
+    output.claim(Claimant.for_job(hashlib.sha256(json_bytes(record)).hexdigest()))
+    try:
+        if existing_export(out, record, force=False):  # written while this one waited
+            return out
+        output.publish(_write(sampler, output, start, stop, shard_blocks, progress, record))
+    finally:
+        output.release()
+    return out
+
+
+def _write(
+    sampler: MixSampler,
+    output: LocalOutput,
+    start: int,
+    stop: int,
+    shard_blocks: int | None,
+    progress: bool,
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the shards of blocks [start, stop) into the claimed output; their manifest."""
     width = sampler.seq_len + 1
     per_shard = shard_blocks or max(1, SHARD_BYTES // (width * sampler.dtype.itemsize))
     bar = tqdm(total=stop - start, unit="block", disable=not progress, file=sys.stderr)
@@ -120,7 +142,7 @@ def export_mix(
     try:
         for first in range(start, stop, per_shard):
             last = min(first + per_shard, stop)
-            writer = ShardWriter(out, f"mix-{len(shards):05d}", sampler.dtype)
+            writer = ShardWriter(output.staging, f"mix-{len(shards):05d}", sampler.dtype)
             for lo in range(first, last, READ_CHUNK_ROWS):
                 hi = min(lo + READ_CHUNK_ROWS, last)
                 tokens = sampler.read_many(np.arange(lo, hi)).tokens
@@ -133,12 +155,10 @@ def export_mix(
         if writer is not None:
             writer.abort()
     first_store = sampler.stores[0]
-    manifest = build_manifest(
+    return build_manifest(
         shards,
         tokenizer=first_store.manifest["tokenizer"],
         eos_id=first_store.eos_id,
         dtype=sampler.dtype,
         mix=record,
     )
-    write_json_atomic(out / MANIFEST, manifest)
-    return out

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mixer.errors import MixerError
-from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler
+from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler, check_rank
 from mixer.mix.steering import apply_steering, steering_state
 
 STATE_VERSION = 1
@@ -114,6 +114,11 @@ class BatchIterator:
     Global step s covers global blocks [origin + (s - origin_step) G, ... + G), G =
     batch_size x world_size, and rank r takes its r-th contiguous slice of batch_size blocks.
     A batch holding a skipped block (`MixSampler.skipping`) is left out whole.
+
+    Parameters: `sampler`, the stream; `batch_size`, blocks per rank per step; `rank` and
+    `world_size`, this process's place among the data-parallel ranks; `start_step`, the global
+    step to begin at (or `load_state_dict` a saved state); `positions`, `documents`,
+    `loss_mask` and `int32`, the extras above.
     """
 
     def __init__(
@@ -128,11 +133,7 @@ class BatchIterator:
         loss_mask: bool = False,
         int32: bool = False,
     ):
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise MixerError(
-                f"batch_size {batch_size}, rank {rank}, world_size {world_size}: need "
-                "batch_size >= 1 and 0 <= rank < world_size"
-            )
+        check_rank(batch_size, rank, world_size)
         from mixer.mix.extras import Extras
 
         self.sampler = sampler

@@ -281,10 +281,14 @@ class _SourceReader:
 class MixSampler:
     """Opens the stores of a spec and maps global block indices to blocks, statelessly.
 
-    Same spec and stores give the same stream on any machine and world size. `stores` lets
-    callers pass already-open stores by source name (tests, caches of remote stores). Opening
-    checks every store's manifest and file sizes (cheap); `verify=True` also recomputes every
-    checksum and index first (reads every byte: do it once per new store, not per job).
+    Same spec and stores give the same stream on any machine and world size.
+
+    Parameters: `spec`, the mix (`mixer.mix.spec.MixSpec`); `stores`, already-open stores by
+    source name (tests, caches of remote stores), else each source's `store` is opened;
+    `verify=True` recomputes every checksum and index first (opening alone checks manifests and
+    file sizes; verifying reads every byte: do it once per new store, not per job);
+    `amendments`, weight changes from a block on (`amended`); `skip_blocks`, [start, stop)
+    block ranges consumed but not served (`skipping`).
     """
 
     def __init__(
@@ -636,12 +640,14 @@ class MixSampler:
         world_size: int = 1,
         positions: bool = False,
     ) -> Iterator[Blocks]:
-        """This rank's slice of the given global batches, located in chunks to amortize numpy."""
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise MixerError(
-                f"batch_size {batch_size}, rank {rank}, world_size {world_size}: need "
-                "batch_size >= 1 and 0 <= rank < world_size"
-            )
+        """This rank's slice of the given global batches, located in chunks to amortize numpy.
+
+        `batch_size`: blocks per rank; global batch g is blocks [g G, (g + 1) G) with
+        G = batch_size * world_size, of which `rank` takes the rank-th contiguous slice.
+        `steps`: the global batch numbers to read, in any order (each in
+        [0, num_batches(G))). `positions`: also return positions restarting at each document.
+        """
+        check_rank(batch_size, rank, world_size)
         width = batch_size * world_size
         per_chunk = max(1, READ_CHUNK_ROWS // batch_size)
         steps = iter(steps)
@@ -667,6 +673,15 @@ class MixSampler:
         steps = self.batch_steps(batch_size * world_size, start_step)
         for blocks in self.read_batches(batch_size, steps, rank, world_size):
             yield blocks.tokens
+
+
+def check_rank(batch_size: int, rank: int, world_size: int) -> None:
+    """The one check of a rank's batch geometry, for the sampler and every loader."""
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise MixerError(
+            f"batch_size {batch_size}, rank {rank}, world_size {world_size}: need "
+            "batch_size >= 1 and 0 <= rank < world_size"
+        )
 
 
 def _reopen(

@@ -59,11 +59,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
+from mixer.config import no_unknown_keys, tomllib
 from mixer.errors import MixerError, SpecError
 from mixer.units import parse_count
 
@@ -466,13 +462,13 @@ class MixSpec:
         cls, data: Mapping[str, Any], base_dir: str | os.PathLike | None = None
     ) -> MixSpec:
         """Build from parsed TOML; unknown keys are errors so that typos cannot pass silently."""
-        _no_unknown_keys("spec", data, _TOP_KEYS)
+        no_unknown_keys("spec", data, _TOP_KEYS)
         normalize = data.get("normalize", False)
         if not isinstance(normalize, bool):
             raise SpecError(f"normalize: must be true or false, got {normalize!r}")
         sources = []
         for number, entry in enumerate(_tables(data, "source")):
-            _no_unknown_keys(f"source[{number}]", entry, _SOURCE_KEYS)
+            no_unknown_keys(f"source[{number}]", entry, _SOURCE_KEYS)
             if "name" not in entry or "store" not in entry:
                 raise SpecError(f"source[{number}]: needs name and store")
             store = entry["store"]
@@ -486,7 +482,7 @@ class MixSpec:
             sources = [replace(s, weight=weights[s.name]) for s in sources]
         phases = []
         for number, entry in enumerate(_tables(data, "phase")):
-            _no_unknown_keys(f"phase[{number}]", entry, _PHASE_KEYS)
+            no_unknown_keys(f"phase[{number}]", entry, _PHASE_KEYS)
             if "name" not in entry or "weights" not in entry:
                 raise SpecError(f"phase[{number}]: needs name and weights")
             weights = entry["weights"]
@@ -556,12 +552,6 @@ def _tables(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
         raise SpecError(f"{key}: must be an array of tables ([[{key}]])")
     return tables
-
-
-def _no_unknown_keys(where: str, entry: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in entry:
-        if key not in allowed:
-            raise SpecError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
 
 
 def _resolve_store(store: str, base_dir: Path) -> str:

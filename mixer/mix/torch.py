@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from mixer.errors import MixerError
 from mixer.mix.extras import Extras
 from mixer.mix.loader import BatchIterator, LoaderState
-from mixer.mix.sampler import MixSampler
+from mixer.mix.sampler import MixSampler, check_rank
 
 
 def _tensors(batch: dict[str, Any]) -> dict[str, Any]:
@@ -90,11 +90,7 @@ class MixedDataset(Dataset):
         loss_mask: bool = False,
         int32: bool = False,
     ):
-        if batch_size < 1 or not 0 <= rank < world_size:
-            raise MixerError(
-                f"batch_size {batch_size}, rank {rank}, world_size {world_size}: need "
-                "batch_size >= 1 and 0 <= rank < world_size"
-            )
+        check_rank(batch_size, rank, world_size)
         self.sampler = sampler
         self.batch_size = batch_size
         self.rank = rank

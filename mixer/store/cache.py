@@ -46,7 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from mixer.errors import MixerError, StoreError
-from mixer.store.remote import CHUNK, MANIFEST, filesystem, url_key, with_retries
+from mixer.store.format import (
+    MANIFEST,
+    check_manifest,
+    remove_dead_temporaries,
+    safe_member,
+    shard_files,
+    temporary_path,
+    write_bytes_atomic,
+)
+from mixer.store.remote import CHUNK, filesystem, url_key, with_retries
 
 CACHE_ENV = "MIXER_CACHE_DIR"
 
@@ -116,7 +125,7 @@ def _locked(directory: Path) -> Iterator[None]:
 
 def _download_checked(fs, source: str, target: Path, entry: dict, kind: str, url: str) -> None:
     """Download `source` to `target` via a temporary name, checking size and sha256 first."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = temporary_path(target, thread=True)
     name = target.name
 
     def fetch() -> str:
@@ -257,13 +266,12 @@ def fetch_store(
 
     `max_bytes` bounds the cache (default ``$MIXER_CACHE_MAX_BYTES``; see the module docstring).
     """
-    from mixer.store.format import check_manifest, safe_member, shard_files, write_bytes_atomic
-
     fs, root = filesystem(url, storage_options)
     local = cached_store_dir(url, cache_dir)
     bound = cache_max_bytes() if max_bytes is None else max_bytes
     _hold(local)
     with _locked(local):
+        remove_dead_temporaries(local)  # left by a fetch that was killed
 
         def get_manifest() -> bytes:
             try:

@@ -40,8 +40,10 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,48 @@ def write_error(path: str | os.PathLike, error: OSError) -> StoreError:
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# A file being written is a hidden sibling named after the writing process (and thread):
+# ``.NAME.tmp-PID`` or ``.NAME.tmp-PID-TID``, renamed over NAME once complete.
+_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)(?:-\d+)?$")
+
+
+def temporary_path(path: str | os.PathLike, thread: bool = False) -> Path:
+    """The hidden sibling `path` is written under before it is renamed into place."""
+    path = Path(path)
+    suffix = f"-{threading.get_ident()}" if thread else ""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temporaries(directory: str | os.PathLike, own: bool = False) -> list[str]:
+    """Delete the temporaries (`temporary_path`) in `directory` whose writer no longer runs here
+    (with `own`, this process's too: once its own writers have stopped).
+
+    Only for a directory this process has to itself (a claimed output, a cache entry under its
+    lock): a PID says nothing about processes on other hosts. Returns the names removed.
+    """
+    removed = []
+    try:
+        children = list(Path(directory).iterdir())
+    except FileNotFoundError:
+        return removed
+    for child in children:
+        match = _TEMPORARY.match(child.name)
+        pid = int(match[1]) if match else None
+        if pid is not None and ((own and pid == os.getpid()) or not pid_alive(pid)):
+            child.unlink(missing_ok=True)
+            removed.append(child.name)
+    return removed
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -142,7 +186,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     A failed write removes the temporary and raises `StoreError` (`write_error`)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

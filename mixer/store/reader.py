@@ -292,7 +292,14 @@ class TokenStore:
         cache_dir: str | os.PathLike | None = None,
         storage_options: dict | None = None,
     ) -> TokenStore:
-        """Open a local store, or one at an fsspec URL via the node cache (`mixer.store.cache`)."""
+        """Open a local store, or one at an fsspec URL via the node cache (`mixer.store.cache`).
+
+        `path`: a store directory (or file:// URL), or an fsspec URL such as s3://bucket/store,
+        which is first copied into the cache and verified there. `cache_dir`: that cache
+        (default ``$MIXER_CACHE_DIR`` or ~/.cache/mixer). `storage_options`: passed to fsspec
+        for a URL. Opening checks the manifest and every shard's file sizes; `verify` reads
+        every byte.
+        """
         if remote.is_remote(path):
             path = cache.fetch_store(os.fspath(path), cache_dir, storage_options)
         root = Path(os.fspath(path).removeprefix("file://"))

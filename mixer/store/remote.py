@@ -8,11 +8,10 @@ shard it lists. `upload_store` uploads a finished local store in the same order.
 are retried with exponential backoff a bounded number of times, then reported as a `MixerError`
 naming the URL.
 
-Retries: botocore (5 attempts, exponential backoff), s3fs (5 for throttling, dropped
-connections and truncated bodies) and aiohttp (once, for a stale pooled connection) retry each
-request below `with_retries`, so against an endpoint that stays down the layers multiply: about
-25 requests and 30-45 s per attempt measured against a 503-only endpoint, some minutes before the
-final `MixerError`. Set ``AWS_MAX_ATTEMPTS`` or s3fs's `retries` to shorten that.
+Retries: botocore, s3fs and aiohttp each retry a request below `with_retries`, so against an
+endpoint that stays down the layers multiply and the final `MixerError` can take minutes (see
+BENCHMARKS.md, "Retries against an endpoint that stays down"). Set ``AWS_MAX_ATTEMPTS`` or
+s3fs's `retries` to shorten that.
 """
 
 from __future__ import annotations
@@ -26,9 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mixer.errors import MixerError, StoreError
-
-MANIFEST = "manifest.json"  # same as mixer.store.MANIFEST; store imports this module lazily
-
+from mixer.store.format import MANIFEST, safe_member, shard_files
 
 RETRY_ATTEMPTS = 5
 
@@ -109,10 +106,9 @@ def with_retries(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def read_remote_manifest(url: str, storage_options: dict | None = None) -> dict | None:
-    """The manifest at `url` parsed as JSON, or None when there is none (not a finished store)."""
-    fs, root = filesystem(url, storage_options)
-    path = f"{root}/{MANIFEST}"
+def read_object(url: str, storage_options: dict | None = None) -> bytes | None:
+    """The bytes of one object, or None when there is none."""
+    fs, path = filesystem(url, storage_options)
 
     def get() -> bytes | None:
         try:
@@ -120,7 +116,12 @@ def read_remote_manifest(url: str, storage_options: dict | None = None) -> dict 
         except FileNotFoundError:
             return None
 
-    data = with_retries(get, f"{url}/{MANIFEST}: download")
+    return with_retries(get, f"{url}: download")
+
+
+def read_remote_manifest(url: str, storage_options: dict | None = None) -> dict | None:
+    """The manifest at `url` parsed as JSON, or None when there is none (not a finished store)."""
+    data = read_object(f"{url}/{MANIFEST}", storage_options)
     if data is None:
         return None
     try:
@@ -136,8 +137,7 @@ def upload_store(
     attempts: int | None = None,
 ) -> None:
     """Upload a finished local store to `url`: every shard file first, `manifest.json` last."""
-    from mixer.store.format import safe_member, shard_files
-    from mixer.store.reader import read_manifest
+    from mixer.store.reader import read_manifest  # reader reads URLs through this module
 
     local = Path(local)
     manifest = read_manifest(local)
@@ -170,6 +170,33 @@ def put_bytes(url: str, data: bytes, storage_options: dict | None = None) -> Non
     with_retries(lambda: fs.pipe_file(path, data), f"{url}: upload")
 
 
+def create_object(url: str, data: bytes, storage_options: dict | None = None) -> bool:
+    """Write one small object only if none exists (S3 If-None-Match); False when one does.
+
+    Where the filesystem has no exclusive create, an existence check comes first: a narrow
+    race between two creators, where S3 itself has none.
+    """
+    fs, path = filesystem(url, storage_options)
+
+    def create() -> bool:
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except (TypeError, NotImplementedError):  # no exclusive create here
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, data)
+        return True
+
+    try:
+        return with_retries(create, f"{url}: upload")
+    except MixerError as e:
+        if isinstance(e.__cause__, FileExistsError):
+            return False
+        raise
+
+
 def object_sizes(url: str, storage_options: dict | None = None) -> dict[str, int]:
     """Size of every object directly under `url`, by name (empty when there is none)."""
     fs, root = filesystem(url, storage_options)
@@ -196,6 +223,19 @@ def read_json_objects(url: str, storage_options: dict | None = None) -> dict[str
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue  # a record is written whole or not at all; ignore anything else
     return found
+
+
+def remove_object(url: str, storage_options: dict | None = None) -> None:
+    """Delete one object; none there is fine."""
+    fs, path = filesystem(url, storage_options)
+
+    def remove() -> None:
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    with_retries(remove, f"{url}: delete")
 
 
 def remove_prefix(url: str, storage_options: dict | None = None) -> None:

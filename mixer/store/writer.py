@@ -18,6 +18,7 @@ from mixer.store.format import (
     RECORD_DTYPES,
     dtype_for_vocab,
     encode_index,
+    temporary_path,
     write_bytes_atomic,
     write_error,
     write_json_atomic,
@@ -35,7 +36,7 @@ class ShardWriter:
         self.root = Path(root)
         self.name = name
         self.dtype = np.dtype(dtype)
-        self._bin_tmp = self.root / f".{name}.bin.tmp-{os.getpid()}"
+        self._bin_tmp = temporary_path(self.root / f"{name}.bin")
         try:
             self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         except OSError as e:
