@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from mixer.errors import MixerError
+from mixer.extras import require
+from mixer.fitting import best_fit, conditioning
 
 UNIT = 1e9  # N and D_ft are in billions
 COLUMNS = ("model_params", "finetune_tokens", "injection_fraction", "pretrain_loss")
@@ -160,8 +162,7 @@ def fit_forgetting_law(
     model_params, finetune_tokens, fractions, losses, restarts: int = 16, seed: int = 0
 ) -> ForgettingFit:
     """Least-squares fit of the forgetting law to pilot runs, refusing unidentifiable data."""
-    from scipy.optimize import least_squares
-
+    require("scipy.optimize", "--injection (the forgetting-law fit)", "plan")
     if restarts < 1:
         raise MixerError(f"restarts must be at least 1, got {restarts}")
     n, d, p, y = _check_points(model_params, finetune_tokens, fractions, losses)
@@ -194,48 +195,34 @@ def fit_forgetting_law(
         return j
 
     rng = np.random.default_rng(seed)
-    best = None
-    with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(restarts):
-            start = np.concatenate(
-                [
-                    [rng.uniform(v[2], v[3]) for v in _INTERNAL.values()],
-                    [y[size_of == i].min() for i in range(k)],
-                ]
-            )
-            result = least_squares(
-                residuals,
-                start,
-                jac=jacobian,
-                bounds=(lower, upper),
-                method="trf",
-                x_scale="jac",
-                xtol=1e-12,
-                ftol=1e-12,
-                gtol=1e-12,
-                max_nfev=2000,
-            )
-            if np.isfinite(result.cost) and (best is None or result.cost < best.cost):
-                best = result
-    if best is None:
-        raise MixerError("the forgetting law fit failed from every starting point")
+    best = best_fit(
+        residuals,
+        jacobian,
+        lambda: np.concatenate(
+            [
+                [rng.uniform(v[2], v[3]) for v in _INTERNAL.values()],
+                [y[size_of == i].min() for i in range(k)],
+            ]
+        ),
+        (lower, upper),
+        restarts,
+        max_nfev=2000,
+        failure="the forgetting law fit failed from every starting point",
+    )
     theta = best.x
     law = law_of(theta)
     ssr = float(np.sum(best.fun**2))
-    jac = jacobian(theta)
-    norms = np.linalg.norm(jac, axis=0)
-    norms[norms == 0] = 1.0
-    _, sv, vt = np.linalg.svd(jac / norms, full_matrices=False)
-    condition = sv[0] / sv[-1] if sv[-1] > 0 else math.inf
+    shape = conditioning(jacobian(theta))
+    condition = shape.condition
     labels = ["A", "B", "alpha", "beta"] + [f"L0({s:g})" for s in sizes]
     if condition > SINGULAR_CONDITION:
-        worst = [labels[i] for i in np.argsort(-np.abs(vt[-1]))[:3]]
+        worst = shape.trading_off(labels)
         raise MixerError(
             f"the pilot runs cannot identify the forgetting law: its Jacobian is singular "
             f"(condition number {condition:.3g}); {', '.join(worst)} trade off against each "
             "other. Vary model size, finetuning tokens and injection fraction"
         )
-    inv = (vt.T / sv**2) @ vt / np.outer(norms, norms)
+    inv = shape.normalized_inverse()
     covariance = (ssr / max(len(y) - params, 1)) * inv
     internal_se = np.sqrt(np.maximum(np.diag(covariance), 0.0))
     values = [law.A, law.B, law.alpha, law.beta, *theta[4:]]

@@ -47,6 +47,7 @@ import numpy as np
 
 from mixer.errors import MixerError
 from mixer.extras import matplotlib_figure, require
+from mixer.fitting import best_fit, conditioning
 from mixer.units import human_count as human_tokens
 
 logger = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ def fit_spt_law(tokens, fractions, losses, restarts: int = 16, seed: int = 0) ->
     Restarts draw random starting points (from `seed`) and keep the lowest residual; the
     standard errors come from the Jacobian at that optimum.
     """
-    least_squares = require("scipy.optimize", "--pilot (the scaling-law fit)", "plan").least_squares
+    require("scipy.optimize", "--pilot (the scaling-law fit)", "plan")
 
     if restarts < 1:
         raise MixerError(f"restarts must be at least 1, got {restarts}")
@@ -294,42 +295,28 @@ def fit_spt_law(tokens, fractions, losses, restarts: int = 16, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     low, high = _START_LOW.copy(), _START_HIGH.copy()
     low[8], high[8] = y.min() - 1.0, y.max() + 1.0
-    best = None
-    with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(restarts):
-            start = rng.uniform(low, high)
-            result = least_squares(
-                residuals,
-                start,
-                jac=jacobian,
-                bounds=(_LOWER, _UPPER),
-                method="trf",
-                x_scale="jac",
-                xtol=1e-12,
-                ftol=1e-12,
-                gtol=1e-12,
-                max_nfev=1000,
-            )
-            if np.isfinite(result.cost) and (best is None or result.cost < best.cost):
-                best = result
-    if best is None:
-        raise MixerError("the SPT law fit failed from every starting point; check the losses")
+    best = best_fit(
+        residuals,
+        jacobian,
+        lambda: rng.uniform(low, high),
+        (_LOWER, _UPPER),
+        restarts,
+        max_nfev=1000,
+        failure="the SPT law fit failed from every starting point; check the losses",
+    )
     theta = best.x
     law = _to_law(theta)
     ssr = float(np.sum(best.fun**2))
-    jac = jacobian(theta)
-    norms = np.linalg.norm(jac, axis=0)
-    norms[norms == 0] = 1.0
-    _, sv, vt = np.linalg.svd(jac / norms, full_matrices=False)
-    condition = sv[0] / sv[-1] if sv[-1] > 0 else math.inf
+    shape = conditioning(jacobian(theta))
+    condition = shape.condition
     if condition > SINGULAR_CONDITION:
-        worst = [CONSTANTS[i] for i in np.argsort(-np.abs(vt[-1]))[:3]]
+        worst = shape.trading_off(list(CONSTANTS))
         raise MixerError(
             f"the pilot points cannot identify the SPT law: its Jacobian is singular (condition "
             f"number {condition:.3g}); {', '.join(worst)} trade off against each other. Measure "
             f"each fraction at several token counts, at 4 or more fractions"
         )
-    inv = (vt.T / sv**2) @ vt / np.outer(norms, norms)
+    inv = shape.normalized_inverse()
     g = _constants_per_theta(theta)
     covariance = (ssr / (n - p)) * (g @ inv @ g.T)
     stderr = dict(
