@@ -1,4 +1,4 @@
-"""Least-squares fits of the planner's scaling laws, and how well the data identify them.
+"""Pilot runs and least-squares fits of the planner's scaling laws, and how well they are identified.
 
 Both laws (`mixer.plan`'s SPT law and `mixer.forgetting`'s law) are fit the same way: bounded
 trust-region least squares from several random starts, keeping the lowest cost, then a look at
@@ -8,7 +8,9 @@ constants down at all (refused when singular) or only loosely (warned when ill-c
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -79,3 +81,52 @@ def conditioning(jac: np.ndarray) -> Conditioning:
     _, sv, vt = np.linalg.svd(jac / norms, full_matrices=False)
     condition = sv[0] / sv[-1] if sv[-1] > 0 else math.inf
     return Conditioning(norms, sv, vt, float(condition))
+
+
+def read_pilot_rows(
+    path: str | os.PathLike, columns: tuple[str, ...]
+) -> list[tuple[int, list[float], list[str]]]:
+    """(line number, values, cells as written) of each row of a pilot CSV.
+
+    The header names `columns` in any order (other columns are ignored, so run names or notes
+    may stay); blank lines and lines starting with '#' are skipped; every value of `columns` must
+    be a finite number. Errors name the file and line.
+    """
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise MixerError(f"cannot read pilot CSV {path}: {e.strerror}") from None
+    header: list[int] | None = None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        cells = [c.strip() for c in next(csv.reader([line]))]
+        if header is None:
+            missing = [c for c in columns if c not in cells]
+            if missing:
+                raise MixerError(
+                    f"{path}:{number}: the header must name the columns {','.join(columns)} "
+                    f"(missing {', '.join(missing)}), got {line.strip()!r}"
+                )
+            header = [cells.index(c) for c in columns]
+            continue
+        if len(cells) <= max(header):
+            raise MixerError(
+                f"{path}:{number}: expected {max(header) + 1} values, got {len(cells)}"
+            )
+        picked = [cells[i] for i in header]
+        values = [_number(path, number, c, t) for c, t in zip(columns, picked, strict=True)]
+        rows.append((number, values, picked))
+    return rows
+
+
+def _number(path: str | os.PathLike, line: int, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise MixerError(f"{path}:{line}: {column} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise MixerError(f"{path}:{line}: {column} {text!r} is not a finite number")
+    return value

@@ -39,7 +39,6 @@ most the tolerance: 1 + B p = (A D^beta / tol)^(1/alpha) / N, in closed form.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ import numpy as np
 
 from mixer.errors import MixerError
 from mixer.extras import require
-from mixer.fitting import best_fit, conditioning
+from mixer.fitting import best_fit, conditioning, read_pilot_rows
 
 UNIT = 1e9  # N and D_ft are in billions
 COLUMNS = ("model_params", "finetune_tokens", "injection_fraction", "pretrain_loss")
@@ -291,49 +290,15 @@ def _check_points(model_params, finetune_tokens, fractions, losses):
 def load_injection_csv(path: str | os.PathLike):
     """(model_params, finetune_tokens, injection_fraction, pretrain_loss) arrays from a CSV
     whose header names those columns (any order, extra columns ignored, '#' comments)."""
-    try:
-        with open(path, newline="") as f:
-            text = f.read()
-    except OSError as e:
-        raise MixerError(f"cannot read pilot CSV {path}: {e.strerror}") from None
-    header: list[int] | None = None
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        cells = [c.strip() for c in next(csv.reader([line]))]
-        if header is None:
-            missing = [c for c in COLUMNS if c not in cells]
-            if missing:
-                raise MixerError(
-                    f"{path}:{number}: the header must name the columns {','.join(COLUMNS)} "
-                    f"(missing {', '.join(missing)}), got {line.strip()!r}"
-                )
-            header = [cells.index(c) for c in COLUMNS]
-            continue
-        if len(cells) <= max(header):
-            raise MixerError(
-                f"{path}:{number}: expected {max(header) + 1} values, got {len(cells)}"
-            )
-        values = []
-        for column, i in zip(COLUMNS, header, strict=True):
-            try:
-                value = float(cells[i])
-            except ValueError:
-                raise MixerError(
-                    f"{path}:{number}: {column} {cells[i]!r} is not a number"
-                ) from None
-            if not math.isfinite(value):
-                raise MixerError(f"{path}:{number}: {column} {cells[i]!r} is not finite")
-            values.append(value)
+    for number, values, cells in read_pilot_rows(path, COLUMNS):
         if not values[0] > 0 or not values[1] >= 0:
             raise MixerError(
                 f"{path}:{number}: model_params must be positive and finetune_tokens >= 0"
             )
         if not 0 <= values[2] < 1:
             raise MixerError(
-                f"{path}:{number}: injection_fraction {cells[header[2]]} is not in [0, 1); "
-                "write 1% as 0.01"
+                f"{path}:{number}: injection_fraction {cells[2]} is not in [0, 1); write 1% as 0.01"
             )
         rows.append(values)
     if not rows:

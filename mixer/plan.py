@@ -35,7 +35,6 @@ budget lies far beyond the pilot runs.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -47,7 +46,7 @@ import numpy as np
 
 from mixer.errors import MixerError
 from mixer.extras import matplotlib_figure, require
-from mixer.fitting import best_fit, conditioning
+from mixer.fitting import best_fit, conditioning, read_pilot_rows
 from mixer.units import human_count as human_tokens
 
 logger = logging.getLogger(__name__)
@@ -380,43 +379,20 @@ def _check_points(tokens, fractions, losses) -> tuple[np.ndarray, np.ndarray, np
     return t, d, y
 
 
+PILOT_COLUMNS = ("tokens", "fraction", "loss")
+
+
 def load_pilot_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens, fractions, losses) from a CSV whose header names `tokens,fraction,loss` (in any
     order; other columns are ignored, so run names or notes may stay). Blank lines and lines
     starting with '#' are skipped."""
-    wanted = ("tokens", "fraction", "loss")
-    try:
-        with open(path, newline="") as f:
-            text = f.read()
-    except OSError as e:
-        raise MixerError(f"cannot read pilot CSV {path}: {e.strerror}") from None
-    header: list[int] | None = None
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        cells = [c.strip() for c in next(csv.reader([line]))]
-        if header is None:
-            missing = [w for w in wanted if w not in cells]
-            if missing:
-                raise MixerError(
-                    f"{path}:{number}: the header must name the columns tokens,fraction,loss "
-                    f"(missing {', '.join(missing)}), got {line.strip()!r}"
-                )
-            header = [cells.index(w) for w in wanted]
-            continue
-        if len(cells) <= max(header):
-            raise MixerError(
-                f"{path}:{number}: expected {max(header) + 1} values, got {len(cells)}"
-            )
-        tokens, fraction, loss = (
-            _number(path, number, w, cells[i]) for w, i in zip(wanted, header, strict=True)
-        )
+    for number, (tokens, fraction, loss), cells in read_pilot_rows(path, PILOT_COLUMNS):
         if not tokens > 0:
-            raise MixerError(f"{path}:{number}: tokens {cells[header[0]]} must be positive")
+            raise MixerError(f"{path}:{number}: tokens {cells[0]} must be positive")
         if not 0 < fraction < 1:
             raise MixerError(
-                f"{path}:{number}: fraction {cells[header[1]]} is not in (0, 1); write 2% as 0.02"
+                f"{path}:{number}: fraction {cells[1]} is not in (0, 1); write 2% as 0.02"
             )
         rows.append((tokens, fraction, loss))
     if not rows:
@@ -425,16 +401,6 @@ def load_pilot_csv(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.
         )
     tokens, fractions, losses = np.array(rows, dtype=np.float64).T
     return tokens, fractions, losses
-
-
-def _number(path: str | os.PathLike, line: int, column: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise MixerError(f"{path}:{line}: {column} {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise MixerError(f"{path}:{line}: {column} {text!r} is not a finite number")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
