@@ -1,4 +1,4 @@
-"""Pilot runs and least-squares fits of the planner's scaling laws, and how well they are identified.
+"""Pilot runs and least-squares fits of the planner's scaling laws, and how well data identify them.
 
 Both laws (`mixer.plan`'s SPT law and `mixer.forgetting`'s law) are fit the same way: bounded
 trust-region least squares from several random starts, keeping the lowest cost, then a look at
