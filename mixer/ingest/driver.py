@@ -33,7 +33,7 @@ from mixer.ingest.encoders import (
     load_tokenizer,
     verify_backend,
 )
-from mixer.ingest.executors import run_in_process, run_on_ray, use_ray
+from mixer.ingest.executors import CANCEL_WAIT_S, run_in_process, run_on_ray, use_ray
 from mixer.ingest.job import TokenizeJob
 from mixer.ingest.matches import check_inputs
 from mixer.ingest.progress import Progress, mb
@@ -146,7 +146,7 @@ def tokenize(
                     )
         except KeyboardInterrupt:
             bar.close()
-            output.remove_temporaries()  # the workers were cancelled and waited for
+            output.remove_temporaries(wait_s=CANCEL_WAIT_S)  # once cancelled workers are gone
             # What a rerun will reuse: workers may have finished shards the driver had not seen.
             kept = len(reusable_entries(output, specs))
             raise Interrupted(

@@ -44,6 +44,7 @@ import re
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,14 +151,19 @@ def temporary_path(path: str | os.PathLike, thread: bool = False) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host."""
+    """Whether process `pid` runs on this host. A zombie (exited, not yet reaped by its parent:
+    a Ray worker just killed, say) writes nothing more, so it counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS), or it exited meanwhile
         return True
-    return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]  # the state follows "(comm)"
 
 
 def remove_dead_temporaries(directory: str | os.PathLike, own: bool = False) -> list[str]:
@@ -179,6 +185,32 @@ def remove_dead_temporaries(directory: str | os.PathLike, own: bool = False) -> 
             child.unlink(missing_ok=True)
             removed.append(child.name)
     return removed
+
+
+def wait_for_writers(directories: list[Path], timeout_s: float) -> list[str]:
+    """Wait until no temporary in `directories` belongs to a live process other than this one,
+    at most `timeout_s`; returns the names whose writers still run then.
+
+    For a directory this process has to itself whose other writers were told to stop (Ray
+    workers cancelled on Ctrl-C): a cancelled task's result is in before its process is gone,
+    and a temporary removed while its writer lives could be written again after.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = []
+        for directory in directories:
+            try:
+                children = [c.name for c in Path(directory).iterdir()]
+            except FileNotFoundError:
+                continue
+            for name in children:
+                match = _TEMPORARY.match(name)
+                pid = int(match[1]) if match else os.getpid()
+                if pid != os.getpid() and pid_alive(pid):
+                    live.append(name)
+        if not live or time.monotonic() >= deadline:
+            return live
+        time.sleep(0.05)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

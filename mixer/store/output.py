@@ -55,6 +55,7 @@ from mixer.store.format import (
     json_bytes,
     remove_dead_temporaries,
     shard_files,
+    wait_for_writers,
     write_json_atomic,
 )
 
@@ -143,8 +144,9 @@ class Output(ABC):
         """Turn a finished store back into one being written: records first, manifest gone."""
 
     @abstractmethod
-    def remove_temporaries(self) -> None:
-        """Remove every half-written file of this run (after its workers stopped)."""
+    def remove_temporaries(self, wait_s: float = 0.0) -> None:
+        """Remove every half-written file of this run, first waiting up to `wait_s` for the
+        processes writing them (workers told to stop) to be gone."""
 
     @abstractmethod
     def publish(self, manifest: dict[str, Any]) -> None:
@@ -269,10 +271,13 @@ class LocalOutput(Output):
             self.commit_shard(name, record)
         (self.root / MANIFEST).unlink(missing_ok=True)
 
-    def remove_temporaries(self) -> None:
+    def remove_temporaries(self, wait_s: float = 0.0) -> None:
         # This process's (its writers have stopped) and those of dead ones: its Ray workers
         # cancelled mid-shard, or any killed run's.
-        for directory in (self.root, self.root / PARTIAL_DIR):
+        directories = [self.root, self.root / PARTIAL_DIR]
+        if live := wait_for_writers(directories, wait_s) if wait_s else []:
+            logger.warning("%s: %d files are still being written: %s", self.root, len(live), live)
+        for directory in directories:
             remove_dead_temporaries(directory, own=True)
 
     def publish(self, manifest: dict[str, Any]) -> None:
@@ -391,7 +396,11 @@ class UrlOutput(Output):
             )
         remote.remove_object(f"{self.url}/{MANIFEST}", self.storage_options)
 
-    def remove_temporaries(self) -> None:
+    def remove_temporaries(self, wait_s: float = 0.0) -> None:
+        if wait_s and (live := wait_for_writers([self.staging], wait_s)):
+            logger.warning(
+                "%s: %d files are still being written: %s", self.staging, len(live), live
+            )
         shutil.rmtree(self.staging, ignore_errors=True)  # only this run stages there
 
     def publish(self, manifest: dict[str, Any]) -> None:
