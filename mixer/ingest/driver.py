@@ -51,9 +51,9 @@ VERIFY_DOCUMENTS_PER_FILE = 32
 VERIFY_FILES = 64
 
 
-# The sample is bounded in size, not only in documents: HF tokenizers needs about 200 bytes of
-# memory per byte of text, so 32 documents of 50 MB took 40 s and 10 GB. A prefix of a long
-# document verifies the engines as well (they see the same text), and `ADVERSARIAL` already
+# The sample is bounded in characters, not only in documents, since HF tokenizers' memory and
+# time grow with the text it is given (BENCHMARKS.md, "Verification sample"). A prefix of a long
+# document verifies the engines as well (both see the same text), and `ADVERSARIAL` already
 # holds long pieces. At most 64 files x 256 Ki characters.
 VERIFY_DOCUMENT_CHARS = 64 << 10
 

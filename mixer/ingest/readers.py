@@ -38,7 +38,8 @@ MAX_DOCUMENT_BYTES = 16 << 20
 Longer records are an error naming `file:line`, or counted as `too_large` under skip, and are
 never held whole: a line is read at most this far. 16 MiB is far above real documents (a long
 book is a few MB) and keeps the tokenizer's memory for one document bounded: HF tokenizers
-peaks at about 200 bytes per input byte (a 50 MB line took 10.2 GB), so ~3.3 GB here."""
+peaks at about 200 bytes per input byte (BENCHMARKS.md, "Verification sample"), so ~3.3 GB
+here."""
 
 
 def _too_large(limit: int) -> _BadRecord:
