@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +30,60 @@ from mixer.report import format_report, mix_report, plot_mix
 
 logger = logging.getLogger(__name__)
 
-_TOP_KEYS = ("name", "description", "tokenizer", "stores", "mix", "output")
 _RUN_KEYS = ("tokenizer", "out", "workers", "ray_address")  # set by the recipe or by `mixer run`
 _STORE_KEYS = ("datasets", *(k for k in TokenizeJob.field_names() if k not in _RUN_KEYS))
-_OUTPUT_KEYS = ("export", "plot")
+
+
+@dataclass(frozen=True)
+class RecipeOutput:
+    """A recipe's `[output]` table: what `mixer run` makes after the mix report."""
+
+    export: bool = False
+    """Write the mixed stream as a token store, OUT/mixed."""
+    plot: bool = False
+    """Plot cumulative fractions and epochs per source, OUT/mix.png."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), bool):
+                raise SpecError(
+                    f"output.{f.name}: must be true or false, got {getattr(self, f.name)!r}"
+                )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A pipeline file: its keys are these fields (`load_pipeline` refuses any other)."""
+
+    tokenizer: str
+    """tokenizer.json (or a directory with one) every store is tokenized with."""
+    stores: dict[str, dict[str, Any]]
+    """`[stores.NAME]`: the options of `TokenizeJob` (not tokenizer, out, workers, ray_address,
+    which the recipe and `mixer run` set) and `datasets`, the published datasets it expects."""
+    mix: dict[str, Any]
+    """A mix spec (`MixSpec.from_dict`) whose sources default to the stores of the same name."""
+    name: str | None = None
+    """Shown in the log and the plot's title (default: the file's name)."""
+    description: str | None = None
+    """Free text for the reader of the recipe."""
+    output: RecipeOutput = field(default_factory=RecipeOutput)
 
 
 def _resolve(path: str, base: Path) -> str:
     return path if "://" in path or Path(path).is_absolute() else str(base / path)
 
 
-def load_pipeline(path: str) -> dict[str, Any]:
+def load_pipeline(path: str) -> Recipe:
     """Parse a pipeline file and check its tables' keys (the store options: `TokenizeJob`'s)."""
     data = read_toml(path, "pipeline")
     if "stores" not in data and ({"source", "seq_len"} & set(data)):
         raise SpecError(f"{path}: this is a mix spec, not a pipeline: use `mixer mix {path}`")
-    no_unknown_keys(path, data, _TOP_KEYS)
-    for key in ("tokenizer", "stores", "mix"):
-        if key not in data:
-            raise SpecError(f"{path}: missing key {key!r}")
+    no_unknown_keys(path, data, [f.name for f in fields(Recipe)])
+    for f in fields(Recipe):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in data:
+            raise SpecError(f"{path}: missing key {f.name!r}")
+    if not isinstance(data["tokenizer"], str) or not data["tokenizer"]:
+        raise SpecError(f"{path}: tokenizer must be a path or URL, got {data['tokenizer']!r}")
     if not isinstance(data["stores"], dict):
         raise SpecError(f"{path}: stores must be a table of [stores.NAME] tables")
     for name, table in data["stores"].items():
@@ -55,8 +91,17 @@ def load_pipeline(path: str) -> dict[str, Any]:
         datasets = table.get("datasets", [])
         if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
             raise SpecError(f"{path}: stores.{name}.datasets must be a list of strings")
-    no_unknown_keys(f"{path}: output", data.get("output", {}), _OUTPUT_KEYS)
-    return data
+    if not isinstance(data["mix"], dict):
+        raise SpecError(f"{path}: mix must be a table (a mix spec)")
+    for key in ("name", "description"):
+        if key in data and not isinstance(data[key], str):
+            raise SpecError(f"{path}: {key} must be a string, got {data[key]!r}")
+    output = data.get("output", {})
+    no_unknown_keys(f"{path}: output", output, [f.name for f in fields(RecipeOutput)])
+    try:
+        return Recipe(**{**data, "output": RecipeOutput(**output)})
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
 
 
 def run_pipeline(
@@ -77,16 +122,16 @@ def run_pipeline(
     `dry_run`, each store's plan, and nothing runs. `inputs` overrides stores' inputs by store
     name; `workers`, `ray_address` and `progress` are as for `tokenize`; `force` rewrites an
     export that differs from this recipe's (otherwise refused)."""
-    data = load_pipeline(path)
+    recipe = load_pipeline(path)
     base, out_dir = Path(path).resolve().parent, Path(out).resolve()
     for name in inputs or {}:
-        if name not in data["stores"]:
+        if name not in recipe.stores:
             raise MixerError(f"--input {name}=...: the pipeline has no store {name!r}")
-    jobs = store_jobs(path, data, out_dir, inputs or {}, workers, ray_address)
+    jobs = store_jobs(path, recipe, out_dir, inputs or {}, workers, ray_address)
     plans: dict[str, Any] = {}
     stores: dict[str, Any] = {}
     for name, job in jobs.items():
-        expects = data["stores"][name].get("datasets", [])
+        expects = recipe.stores[name].get("datasets", [])
         logger.info(
             "[%s] %s %d input(s)%s",
             name,
@@ -116,7 +161,7 @@ def run_pipeline(
             for name, plan in plans.items()
         ]
         return "\n".join([*lines, f"then the mix report, mix.json and report.json in {out_dir}"])
-    mix = dict(data["mix"])
+    mix = dict(recipe.mix)
     mix["source"] = [
         {"store": str(out_dir / "stores" / s["name"]), **s} if "store" not in s else s
         for s in mix.get("source", [])
@@ -126,32 +171,32 @@ def run_pipeline(
     report = mix_report(sampler)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "mix.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
-    output = data.get("output", {})
-    if output.get("export"):
+    output = recipe.output
+    if output.export:
         done = is_exported(sampler, out_dir / "mixed", 0, len(sampler))
         exported = export_mix(sampler, out_dir / "mixed", progress=bool(progress), force=force)
         verb = "reused the export of" if done else "exported"
         logger.info("%s %s blocks in %s", verb, f"{len(sampler):,}", exported)
-    if output.get("plot"):
+    if output.plot:
         try:
-            plot_mix(sampler, out_dir / "mix.png", title=data.get("name", Path(path).stem))
+            plot_mix(sampler, out_dir / "mix.png", title=recipe.name or Path(path).stem)
             logger.info("wrote %s", out_dir / "mix.png")
         except MixerError as e:  # matplotlib is optional: the run is still complete
             logger.warning("skipped the plot: %s", e)
-    logger.info("pipeline %s: done, outputs in %s", data.get("name", path), out_dir)
+    logger.info("pipeline %s: done, outputs in %s", recipe.name or path, out_dir)
     if not as_json:
         return format_report(report)
     outputs = {"report": str(out_dir / "report.json"), "mix": str(out_dir / "mix.json")}
-    if output.get("export"):
+    if output.export:
         outputs["mixed"] = str(out_dir / "mixed")
-    if (out_dir / "mix.png").exists() and output.get("plot"):
+    if (out_dir / "mix.png").exists() and output.plot:
         outputs["plot"] = str(out_dir / "mix.png")
     return json.dumps({"stores": stores, "report": report, "outputs": outputs}, indent=2)
 
 
 def store_jobs(
     path: str,
-    data: dict[str, Any],
+    recipe: Recipe,
     out_dir: Path,
     inputs: dict[str, list[str]],
     workers: int | None,
@@ -159,9 +204,9 @@ def store_jobs(
 ) -> dict[str, TokenizeJob]:
     """Every store's job, built (and so checked) before anything runs."""
     base = Path(path).resolve().parent
-    tokenizer = _resolve(data["tokenizer"], base)
+    tokenizer = _resolve(recipe.tokenizer, base)
     jobs = {}
-    for name, table in data["stores"].items():
+    for name, table in recipe.stores.items():
         urls = inputs.get(name) or [
             _resolve(u, base) if isinstance(u, str) else u for u in table.get("inputs", ())
         ]

@@ -50,7 +50,7 @@ def test_recipe_stores_read_only_training_files_of_the_datasets_they_name(tmp_pa
 
     samples = Path(__file__).parent.parent / "pipelines" / "samples"
     for pipeline in RECIPES:
-        for name, table in load_pipeline(str(pipeline))["stores"].items():
+        for name, table in load_pipeline(str(pipeline)).stores.items():
             assert table["datasets"] and table["include"], (pipeline.stem, name)
             assert "where" not in table, (pipeline.stem, name)
     pipeline = next(p for p in RECIPES if p.stem == "spt-musicpile")
@@ -131,3 +131,27 @@ def test_store_options_are_checked_as_job_fields_before_anything_runs(tmp_path, 
         run_pipeline(str(recipe), str(tmp_path / "out"))
     assert message in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()  # store a was not tokenized first
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('[output]\nexport = "yes"\n', "output.export: must be true or false, got 'yes'"),
+        ("[output]\nplto = true\n", "output: unknown key 'plto' (allowed: export, plot)"),
+        ("nmae = 'x'\n", "unknown key 'nmae' (allowed: tokenizer, stores, mix, name, desc"),
+        ("name = 3\n", "name must be a string, got 3"),
+    ],
+)
+def test_recipe_keys_are_the_recipe_fields_and_checked(tmp_path, extra, message):
+    from mixer.errors import SpecError
+    from mixer.pipeline import load_pipeline
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'{extra if not extra.startswith("[") else ""}tokenizer = "t.json"\n'
+        '[stores.a]\ninputs = ["a.jsonl"]\n[mix]\nseq_len = 4\n'
+        f"{extra if extra.startswith('[') else ''}"
+    )
+    with pytest.raises(SpecError) as info:
+        load_pipeline(str(recipe))
+    assert message in str(info.value) and "\n" not in str(info.value)

@@ -178,6 +178,32 @@ def test_unknown_keys_in_sources_and_phases_are_rejected():
     assert "phase[0]: unknown key 'token'" in spec_error(data)
 
 
+def test_a_spec_using_every_key_round_trips_through_to_dict():
+    """The TOML keys are the dataclasses' fields (plus normalize), so every one is accepted,
+    and what `to_dict` writes reads back as the same spec."""
+    data = {
+        "seq_len": 4,
+        "seed": 3,
+        "steps": 10,
+        "global_batch_size": 10,
+        "skip_steps": [[1, 2]],
+        "normalize": True,
+        "source": [
+            {"name": "a", "store": "/a", "weight": 3, "max_repeats": 2},
+            {"name": "b", "store": "/b", "weight": 1},
+        ],
+        "phase": [
+            {"name": "p", "blocks": 10, "weights": {"a": 1, "b": 1}},
+            {"name": "q", "start_step": 5, "weights": {"a": 1}},
+            {"name": "r", "tokens": 40, "weights": {"b": 1}},
+            {"name": "s", "start_tokens": 300, "weights": {"a": 1}},
+        ],
+    }
+    spec = MixSpec.from_dict(data)
+    assert MixSpec.from_dict(spec.to_dict()) == spec
+    assert [p.name for p in spec.plan] == ["main", "p", "q", "r", "s"]
+
+
 def test_phases_longer_than_the_run_are_rejected():
     data = spec_dict(phase=[{"name": "p", "tokens": 401, "weights": {"a": 1.0}}])
     assert spec_error(data) == "phase: phases need 401 tokens but the run has 400"

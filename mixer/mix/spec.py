@@ -54,7 +54,7 @@ import math
 import os
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -68,20 +68,13 @@ MAX_BLOCKS = 1 << 62  # blocks are indexed with int64 (numpy) and len() (an inde
 BASE_PHASE = "main"
 DEFAULT_SEED = 0  # a spec without `seed`
 
-_TOP_KEYS = (
-    "seq_len",
-    "seed",
-    "total_tokens",
-    "steps",
-    "global_batch_size",
-    "skip_steps",
-    "normalize",
-    "source",
-    "phase",
-)
-_SOURCE_KEYS = ("name", "store", "weight", "max_repeats")
-_PHASE_KEYS = ("name", "tokens", "blocks", "start_step", "start_tokens", "weights")
-_PHASE_EXTENT = ("tokens", "blocks", "start_step", "start_tokens")
+TOML = "toml"  # field metadata: the TOML key of a field whose name differs (`sources` -> source)
+NORMALIZE = "normalize"  # a TOML key that is no field: how `from_dict` reads the weights
+
+
+def toml_keys(cls: type) -> tuple[str, ...]:
+    """The TOML keys of a spec dataclass: its init fields, under their `TOML` name if any."""
+    return tuple(f.metadata.get(TOML, f.name) for f in fields(cls) if f.init)
 
 
 def _is_int(value: object) -> bool:
@@ -146,13 +139,18 @@ class PhaseSpec:
     start_step: int | None = None
     start_tokens: int | None = None
 
+    @classmethod
+    def extent_keys(cls) -> tuple[str, ...]:
+        """The four ways to place a phase: every field but its name and weights."""
+        return tuple(k for k in toml_keys(cls) if k not in ("name", "weights"))
+
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"phase.name: must be a non-empty string, got {self.name!r}")
         if "@" in self.name:
             raise SpecError(f"phase.name: {self.name!r}: '@' is reserved for amended phases")
         key = f"phase '{self.name}'"
-        given = [k for k in _PHASE_EXTENT if getattr(self, k) is not None]
+        given = [k for k in self.extent_keys() if getattr(self, k) is not None]
         if len(given) != 1:
             raise SpecError(
                 f"{key}: give exactly one of tokens or blocks (a length) or start_step or "
@@ -241,11 +239,11 @@ class MixSpec:
 
     seq_len: int
     seed: int
-    sources: tuple[SourceSpec, ...]
+    sources: tuple[SourceSpec, ...] = field(metadata={TOML: "source"})
     total_tokens: int | None = None
     steps: int | None = None
     global_batch_size: int | None = None
-    phases: tuple[PhaseSpec, ...] = ()
+    phases: tuple[PhaseSpec, ...] = field(default=(), metadata={TOML: "phase"})
     skip_steps: tuple[tuple[int, int], ...] = ()
     plan: tuple[Phase, ...] = field(init=False, repr=False, compare=False)
 
@@ -462,13 +460,13 @@ class MixSpec:
         cls, data: Mapping[str, Any], base_dir: str | os.PathLike | None = None
     ) -> MixSpec:
         """Build from parsed TOML; unknown keys are errors so that typos cannot pass silently."""
-        no_unknown_keys("spec", data, _TOP_KEYS)
-        normalize = data.get("normalize", False)
+        no_unknown_keys("spec", data, (*toml_keys(cls), NORMALIZE))
+        normalize = data.get(NORMALIZE, False)
         if not isinstance(normalize, bool):
             raise SpecError(f"normalize: must be true or false, got {normalize!r}")
         sources = []
         for number, entry in enumerate(_tables(data, "source")):
-            no_unknown_keys(f"source[{number}]", entry, _SOURCE_KEYS)
+            no_unknown_keys(f"source[{number}]", entry, toml_keys(SourceSpec))
             if "name" not in entry or "store" not in entry:
                 raise SpecError(f"source[{number}]: needs name and store")
             store = entry["store"]
@@ -482,13 +480,13 @@ class MixSpec:
             sources = [replace(s, weight=weights[s.name]) for s in sources]
         phases = []
         for number, entry in enumerate(_tables(data, "phase")):
-            no_unknown_keys(f"phase[{number}]", entry, _PHASE_KEYS)
+            no_unknown_keys(f"phase[{number}]", entry, toml_keys(PhaseSpec))
             if "name" not in entry or "weights" not in entry:
                 raise SpecError(f"phase[{number}]: needs name and weights")
             weights = entry["weights"]
             if normalize and isinstance(weights, Mapping):
                 weights = _normalized(f"phase '{entry.get('name')}'.weights", weights)
-            extent = {k: entry[k] for k in _PHASE_EXTENT if k in entry}
+            extent = {k: entry[k] for k in PhaseSpec.extent_keys() if k in entry}
             for key in ("tokens", "start_tokens"):
                 if key in extent:
                     extent[key] = _count(f"phase '{entry.get('name')}'.{key}", extent[key])
@@ -519,7 +517,7 @@ class MixSpec:
             out["phase"] = [
                 {
                     "name": p.name,
-                    **{k: getattr(p, k) for k in _PHASE_EXTENT if getattr(p, k) is not None},
+                    **{k: getattr(p, k) for k in p.extent_keys() if getattr(p, k) is not None},
                     "weights": dict(p.weights),
                 }
                 for p in self.phases
