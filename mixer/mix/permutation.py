@@ -57,11 +57,17 @@ def permute_one(x: int, n: int, keys: tuple[int, ...]) -> int:
     """
     if not 0 <= x < n:
         raise IndexError(f"index {x} outside [0, {n})")
-    a, b, rounds = _shape(n)
-    if rounds != 4 or a > TABLE_SIDE:
-        return _permute_loop(x, n, keys[:rounds], a, b)
+    return permute_in_range(x, n, keys)
+
+
+def permute_in_range(x: int, n: int, keys: tuple[int, ...]) -> int:
+    """`permute_one` without its range check, for callers whose x is in [0, n) by construction
+    (the sampler's divmod by n): single lookups are a few hundred ns, so the check counts."""
     seen = _SEEN.get((n, keys))
-    if seen is None or seen.__class__ is int:
+    if seen.__class__ is not _Tables:
+        a, b, rounds = _shape(n)
+        if rounds != 4 or a > TABLE_SIDE:
+            return _permute_loop(x, n, keys[:rounds], a, b)
         uses = (seen or 0) + 1
         if uses < a + b:
             _SEEN[(n, keys)] = uses
@@ -72,7 +78,7 @@ def permute_one(x: int, n: int, keys: tuple[int, ...]) -> int:
         _TABLES.append((n, keys))
         if len(_TABLES) > _TABLES_MAX:  # the oldest table goes back to a counter
             _SEEN[_TABLES.pop(0)] = 0
-    t0, t1, t2, t3 = seen.rounds
+    a, b, t0, t1, t2, t3 = seen.rounds
     while True:
         hi, lo = divmod(x, b)
         hi, lo = lo, (hi + t0[lo]) % a
@@ -91,7 +97,8 @@ _TABLES: list[tuple[int, tuple[int, ...]]] = []  # keys of the built tables, old
 
 
 class _Tables:
-    """The four round functions of one (n, keys), reduced modulo the side they are added to.
+    """The sides (a, b) and four round functions of one (n, keys), each function reduced modulo
+    the side it is added to.
 
     (hi + F(lo)) mod m = (hi + (F(lo) mod m)) mod m, so a lookup in round r's table replaces
     computing F; tables are built with `_mix`, the vectorized round function `permute` uses.
@@ -103,7 +110,7 @@ class _Tables:
         k = np.asarray(keys[:4], dtype=np.uint64)
         sides = (b, a, b, a)  # round r reads lo in [0, sides[r]) ...
         moduli = (a, b, a, b)  # ... and adds to a value modulo moduli[r]
-        self.rounds = tuple(
+        self.rounds = (a, b) + tuple(
             (_mix(np.arange(side, dtype=np.uint64) ^ k[r]) % np.uint64(m)).tolist()
             for r, (side, m) in enumerate(zip(sides, moduli, strict=True))
         )

@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mixer.errors import MixerError, SpecError
-from mixer.mix.permutation import epoch_keys, permute, permute_one
+from mixer.mix.permutation import epoch_keys, permute, permute_in_range
 from mixer.mix.spec import WEIGHT_TOLERANCE, Amendment, MixSpec, Phase, amend_plan
 from mixer.store.reader import TokenStore
 
@@ -337,6 +337,7 @@ class MixSampler:
         self._check_repeats()
         self._readers = tuple(_SourceReader(st, self.seq_len) for st in self.stores)
         self._source_blocks_np = np.asarray(self.source_blocks, dtype=np.int64)
+        self._keys: list[tuple[int, tuple[int, ...]]] = [(-1, ())] * len(self.source_names)
 
     def __reduce__(self) -> tuple:
         """Pickle (DataLoader workers under spawn) as the spec and store paths, reopened on load:
@@ -391,12 +392,16 @@ class MixSampler:
         if not -self._len <= i < self._len:
             raise IndexError(f"block index {i} outside [0, {self._len})")
         i %= self._len
-        p = bisect_right(self._starts, i) - 1 if len(self._starts) > 1 else 0
-        s, j = self.phases[p].draw(i - self._starts[p])
+        starts = self._starts
+        p = bisect_right(starts, i) - 1 if len(starts) > 1 else 0
+        s, j = self.phases[p].draw(i - starts[p])
         n = self.source_blocks[s]
         epoch, k = divmod(j, n)
-        block = permute_one(k, n, epoch_keys(self.spec.seed, self.source_names[s], epoch))
-        return s, block, epoch, p
+        cached = self._keys[s]  # (epoch, its round keys): replaced whole, so threads may share it
+        if cached[0] != epoch:
+            keys = epoch_keys(self.spec.seed, self.source_names[s], epoch)
+            cached = self._keys[s] = (epoch, keys)
+        return s, permute_in_range(k, n, cached[1]), epoch, p
 
     def locate(self, i: int) -> BlockRef:
         """Which block of which source is global block i."""
