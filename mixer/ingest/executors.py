@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -16,11 +18,18 @@ from mixer.ingest.job import TokenizeJob
 from mixer.ingest.progress import REPORT_INTERVAL_S, Done
 from mixer.ingest.task import TaskSpec, run_task
 
+logger = logging.getLogger(__name__)
+
 # For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
 # the pipeline's text bytes per second on one core (bench_tokenize_peers.py), used with
 # `text_bytes`, whose 4x for compressed inputs is about what zstd achieves on web text.
 RAY_START_S = 7.0
-CANCEL_WAIT_S = 10.0  # for cancelled tasks' workers to be gone before temporaries are removed
+# On the way out, running tasks are asked to stop (`RunControl`) and waited for this long; they
+# check every STOP_POLL_S, after a batch. Only tasks still running then are force-cancelled: a
+# force cancel racing a task's completion can crash the driver in Ray 2.60 (ray-project/ray
+# #54798, "Tried to complete task that was not pending"), so it is the last resort.
+CANCEL_WAIT_S = 10.0
+STOP_POLL_S = 0.5
 
 
 CORE_BYTES_PER_S = {"fast": 80e6, "giga": 80e6, "hf": 3e6}
@@ -71,14 +80,16 @@ def run_in_process(
         yield spec, run_task(spec, info, report), None
 
 
-class ProgressSink:
-    """A Ray actor collecting workers' in-task progress reports for the driver to drain.
+class RunControl:
+    """A Ray actor between the driver and its tasks: workers' in-task progress reports, for the
+    driver to drain, and the driver's word to stop.
 
-    Workers send a few hundred bytes every `REPORT_INTERVAL_S` per task, fire-and-forget, so
-    reporting costs them nothing measurable; the driver drains it while it waits for tasks."""
+    Workers send a few hundred bytes every `REPORT_INTERVAL_S` per task, fire-and-forget, and
+    ask `stopping` every `STOP_POLL_S`, so either costs them nothing measurable."""
 
     def __init__(self) -> None:
         self.reports: list[tuple[str, Done]] = []
+        self.stopped = False
 
     def add(self, name: str, done: Done) -> None:
         self.reports.append((name, done))
@@ -87,16 +98,32 @@ class ProgressSink:
         reports, self.reports = self.reports, []
         return reports
 
+    def stop(self) -> None:
+        self.stopped = True
+
+    def stopping(self) -> bool:
+        return self.stopped
+
 
 def run_task_on_node(
-    spec: TaskSpec, info: TokenizerInfo, sink: Any = None
+    spec: TaskSpec, info: TokenizerInfo, control: Any, report_progress: bool
 ) -> tuple[dict[str, Any], str]:
-    """`run_task` in a Ray worker, also returning the id of the node that ran it; progress
-    goes to the `ProgressSink` actor `sink`, if any."""
+    """`run_task` in a Ray worker, also returning the id of the node that ran it; progress goes
+    to the `RunControl` actor `control` when `report_progress`, which also says when to stop."""
     import ray
 
-    report = None if sink is None else (lambda done: sink.add.remote(spec.name, done))
-    return run_task(spec, info, report), ray.get_runtime_context().get_node_id()
+    next_poll = time.monotonic() + STOP_POLL_S
+
+    def should_stop() -> bool:
+        nonlocal next_poll
+        if time.monotonic() < next_poll:
+            return False
+        next_poll = time.monotonic() + STOP_POLL_S
+        return ray.get(control.stopping.remote())
+
+    report = (lambda done: control.add.remote(spec.name, done)) if report_progress else None
+    entry = run_task(spec, info, report, should_stop)
+    return entry, ray.get_runtime_context().get_node_id()
 
 
 def run_on_ray(
@@ -132,19 +159,17 @@ def run_on_ray(
     # only renamed into place when complete, so a retry can neither duplicate nor lose documents.
     remote = ray.remote(num_cpus=1, max_retries=3)(run_task_on_node)
     info_ref = ray.put(info)
-    sink = None
-    if on_progress is not None:
-        sink = ray.remote(num_cpus=0)(ProgressSink).remote()
+    control = ray.remote(num_cpus=0)(RunControl).remote()
     queue = list(reversed(dispatch_order(pending)))
     in_flight: dict[Any, TaskSpec] = {}
     try:
         while queue or in_flight:
             while queue and len(in_flight) < workers:
                 spec = queue.pop()
-                in_flight[remote.remote(spec, info_ref, sink)] = spec
+                in_flight[remote.remote(spec, info_ref, control, on_progress is not None)] = spec
             done, _ = ray.wait(list(in_flight), num_returns=1, timeout=REPORT_INTERVAL_S)
-            if sink is not None:
-                for name, report in ray.get(sink.drain.remote()):
+            if on_progress is not None:
+                for name, report in ray.get(control.drain.remote()):
                     on_progress(name, report)
             if not done:
                 continue
@@ -157,9 +182,22 @@ def run_on_ray(
                     raise e.cause from None
                 raise
     finally:
-        for ref in in_flight:
-            ray.cancel(ref, force=True)
-        if in_flight:
-            ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_WAIT_S)
-        if sink is not None:
-            ray.kill(sink)
+        stop_tasks(list(in_flight), control)
+
+
+def stop_tasks(running: list, control: Any) -> None:
+    """Ask the `running` tasks to stop and wait for them (each removes its own temporaries);
+    force-cancel only those still running after `CANCEL_WAIT_S`."""
+    import ray
+
+    if running:
+        ray.get(control.stop.remote())
+        _, stuck = ray.wait(running, num_returns=len(running), timeout=CANCEL_WAIT_S)
+        if stuck:
+            logger.warning(
+                "%d Ray tasks did not stop in %.0f s; cancelling", len(stuck), CANCEL_WAIT_S
+            )
+            for ref in stuck:
+                ray.cancel(ref, force=True)
+            ray.wait(stuck, num_returns=len(stuck), timeout=CANCEL_WAIT_S)
+    ray.kill(control)

@@ -59,14 +59,22 @@ def task_key(task: inputs.Task, options: dict, tokenizer: TokenizerInfo, backend
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
+class TaskStopped(Exception):
+    """Raised in a task told to stop (`should_stop`): its half-written shard is already gone."""
+
+
 def run_task(
-    spec: TaskSpec, info: TokenizerInfo, report: Callable[[Done], None] | None = None
+    spec: TaskSpec,
+    info: TokenizerInfo,
+    report: Callable[[Done], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Tokenize one task into one shard and commit it with its done record; returns its entry.
 
     `report`, if given, is called with the work done since its last call (documents, tokens,
     input and text bytes) after encoded batches, at most every `REPORT_INTERVAL_S`; the entry
-    gains `text_bytes` (UTF-8 bytes of the documents)."""
+    gains `text_bytes` (UTF-8 bytes of the documents). `should_stop`, if given, is asked after
+    each batch; when it says so the task removes its temporaries and raises `TaskStopped`."""
     encoder = make_encoder(info, spec.backend)
     stats = readers.ReadStats()
     writer = ShardWriter(spec.output.staging, spec.name, dtype_for_vocab(info.vocab_size))
@@ -78,6 +86,8 @@ def run_task(
                 lengths, tokens = encoder.encode_batch(texts)
                 writer.add_documents(lengths, tokens, records)
                 done.batch(len(texts), len(tokens), texts)
+                if should_stop is not None and should_stop():
+                    raise TaskStopped(spec.name)
         entry = writer.close()
     except BaseException:
         writer.abort()
