@@ -2,14 +2,16 @@
 state with N amendments, and the provenance file's share of a store.
 
     .venv/bin/python benchmarks/bench_steering.py [--amendments 1000] [--runs 3]
+        [--resume 250 1000 4000]
 
 1. Three small stores; a 110k-step plan (global batch 8, seq_len 8). An online policy proposes
    weights (multiples of 1/1000) every 100 steps: amendment k is at block 800 k. Reported:
    median wall time of the k-th `MixSampler.amended` call at k = 10, 100, 1000, against
    rebuilding every phase table from scratch (what `amended` cost before it reused the tables
    of unchanged phases).
-2. `BatchIterator.load_state_dict` of the state after all N amendments, on a fresh iterator
-   built from the original spec (median of --runs).
+2. `BatchIterator.load_state_dict` of a state with N amendments (one every 200 blocks), on a
+   fresh iterator built from the original spec, for each N of --resume (median of --runs): the
+   cost per amendment stays flat when resume is linear in N.
 3. `.rec` bytes against `.bin` + `.idx` bytes of a store tokenized from the bundled samples.
 """
 
@@ -79,10 +81,31 @@ def amend_costs(spec: MixSpec, n: int, marks: list[int], reuse: bool) -> dict[in
     return costs
 
 
+def resume_cost(spec: MixSpec, n: int, runs: int) -> str:
+    """Median wall time of `load_state_dict` of a state with n amendments (one every 200
+    blocks, as a policy every 25 steps makes them) on a fresh iterator of the original spec."""
+    amendments = [Amendment(200 * k, w) for k, w in enumerate(proposals(n), start=1)]
+    plain = MixSampler(spec)
+    stores = dict(zip(plain.source_names, plain.stores, strict=True))
+    steered = BatchIterator(MixSampler(spec, stores, amendments=amendments), batch_size=8)
+    steered.load_state_dict({"step": 100, "global_batch_size": 8}, origin=True)
+    state = json.loads(json.dumps(steered.state_dict()))
+    times = []
+    for _ in range(runs):
+        fresh = BatchIterator(MixSampler(spec, stores), batch_size=8)
+        started = time.perf_counter()
+        fresh.load_state_dict(state)
+        times.append(time.perf_counter() - started)
+    took = statistics.median(times)
+    size = len(json.dumps(state))
+    return f"{took * 1e3:.0f} ms ({took / n * 1e6:.0f} us per amendment, {size} B)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--amendments", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--resume", type=int, nargs="*", default=[250, 1000, 4000])
     args = parser.parse_args()
     marks = [m for m in (10, 100, 1000) if m <= args.amendments]
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,20 +122,8 @@ def main() -> None:
             result[key] = {
                 f"k={m}": f"{statistics.median(r[m] for r in runs) * 1e3:.1f} ms" for m in marks_now
             }
-        it = BatchIterator(MixSampler(spec), batch_size=8)
-        for k, weights in enumerate(proposals(args.amendments), start=1):
-            it.set_weights(weights, at_step=100 * k)
-        state = json.loads(json.dumps(it.state_dict()))
-        times = []
-        for _ in range(args.runs):
-            fresh = BatchIterator(MixSampler(spec), batch_size=8)
-            started = time.perf_counter()
-            fresh.load_state_dict(state)
-            times.append(time.perf_counter() - started)
-        result[f"load_state_dict with {args.amendments} amendments"] = (
-            f"{statistics.median(times) * 1e3:.0f} ms"
-        )
-        result["state_dict JSON bytes"] = len(json.dumps(state))
+        for n in args.resume:
+            result[f"load_state_dict with {n} amendments"] = resume_cost(spec, n, args.runs)
         store = Path(tmp) / "samples"
         subprocess.run(
             [

@@ -82,14 +82,15 @@ def _simplest_fraction(weight: float, tolerance: Fraction) -> Fraction:
     Never 0 for a positive weight. Recovers what users mean: 0.98 -> 49/50, 0.001 -> 1/1000.
     """
     x = Fraction(weight)
-    p0, q0, p1, q1 = 0, 1, 1, 0
     num, den = x.numerator, x.denominator
-    while True:
+    x_num, x_den, tol_num, tol_den = num, den, tolerance.numerator, tolerance.denominator
+    p0, q0, p1, q1 = 0, 1, 1, 0
+    while True:  # integers only: |p1/q1 - x| <= x tol, times x_den q1 tol_den
         term, rem = divmod(num, den)
         p0, q0, p1, q1 = p1, q1, term * p1 + p0, term * q1 + q0
-        candidate = Fraction(p1, q1)
-        if abs(candidate - x) <= x * tolerance and (p1 > 0 or x == 0):
-            return candidate
+        close = abs(p1 * x_den - x_num * q1) * tol_den <= x_num * q1 * tol_num
+        if close and (p1 > 0 or x_num == 0):
+            return Fraction(p1, q1)
         num, den = den, rem
 
 
@@ -299,12 +300,14 @@ class MixSampler:
         amendments: Iterable[Amendment] = (),
         skip_blocks: Iterable[tuple[int, int]] = (),
         _tables: Iterable[PhaseTable] = (),
+        _plan: tuple[tuple[Phase, ...], int] | None = None,
     ):
         self.spec = spec
         self.amendments = tuple(amendments)
-        self.plan = spec.plan
-        for amendment in self.amendments:
-            self.plan = amend_plan(self.plan, amendment, tuple(s.name for s in spec.sources))
+        names = tuple(s.name for s in spec.sources)
+        # `_with` hands over a plan that already holds the first `applied` amendments
+        plan, applied = _plan if _plan is not None else (spec.plan, 0)
+        self.plan = amend_plan(plan, self.amendments[applied:], names)
         self.skip_blocks = _merge_ranges([*spec.skip_blocks, *skip_blocks], spec.num_blocks)
         self.seq_len = spec.seq_len
         self.source_names = tuple(s.name for s in spec.sources)
@@ -505,7 +508,9 @@ class MixSampler:
     def _with(self, **changes: Any) -> MixSampler:
         args = {"amendments": self.amendments, "skip_blocks": self.skip_blocks, **changes}
         stores = dict(zip(self.source_names, self.stores, strict=True))
-        return MixSampler(self.spec, stores, **args, _tables=self.phases)
+        kept = args["amendments"][: len(self.amendments)] == self.amendments
+        plan = (self.plan, len(self.amendments)) if kept else None
+        return MixSampler(self.spec, stores, **args, _tables=self.phases, _plan=plan)
 
     def is_skipped(self, start: int, stop: int) -> bool:
         """Whether any global block in [start, stop) lies in a skipped range."""
