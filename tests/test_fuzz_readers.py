@@ -6,6 +6,7 @@ files per format and 500 random payloads per kind passed when this was written).
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 import zstandard
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixer.errors import MixerError
-from mixer.ingest import inputs, readers
+from mixer.ingest import inputs, readers, where
 
 FORMATS = {
     "jsonl": lambda b: b,
@@ -111,3 +112,54 @@ def test_damaged_real_files_give_documents_or_a_clean_error(tmp_path, fmt, data,
         assert "\n" not in str(e) and "fuzz" in str(e)
         return
     assert all(isinstance(d, str) for d in documents)
+
+
+# Text values with lone surrogates, surrogate pairs written as escapes, non-ASCII and plain
+# ASCII, top level or inside a JSON-string `meta` read through a dotted field.
+_TEXTS = st.text(
+    alphabet=st.sampled_from(["a", " ", "é", "漢", "😀", "\ud800", "\udc00", "\udbff", "\udfff"]),
+    max_size=6,
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    texts=st.lists(_TEXTS, min_size=1, max_size=8),
+    nested=st.booleans(),
+    ascii_json=st.booleans(),
+)
+def test_surrogate_check_skipped_for_orjson_records_only(
+    tmp_path_factory, texts, nested, ascii_json
+):
+    """The fast path (orjson first, no surrogate re-check of its records) gives the same
+    documents and skip counts as the checked path (a --where matching every record, which
+    parses every line with `json` and checks every text), and the same first error."""
+    path = tmp_path_factory.mktemp("surrogates") / "a.jsonl"
+    lines = []
+    for text in texts:
+        if nested:
+            record = {"meta": json.dumps({"text": text}, ensure_ascii=ascii_json)}
+        else:
+            record = {"text": text, "other": text}
+        try:
+            lines.append(json.dumps(record, ensure_ascii=ascii_json).encode("utf-8"))
+        except UnicodeEncodeError:  # a raw lone surrogate cannot be written as UTF-8
+            lines.append(json.dumps(record).encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    field = "meta.text" if nested else "text"
+    everything = where.parse_where(f"{field} != '\\x00never'")
+    results = []
+    for filters in ((), (everything,)):
+        outcome = []
+        for on_error in ("skip", "fail"):
+            options = readers.ReadOptions(text_field=field, on_error=on_error, where=filters)
+            stats = readers.ReadStats()
+            task = inputs.plan_tasks(inputs.expand_inputs([str(path)]), options=options)[0]
+            try:
+                docs = list(readers.read_documents(task, options, stats))
+            except MixerError as e:
+                docs = [f"error: {e}"]
+            outcome.append((docs, dict(stats.skipped)))
+        results.append(outcome)
+    assert results[0] == results[1]

@@ -106,11 +106,18 @@ def read_numbered(task: Task, options: ReadOptions, stats: ReadStats) -> Iterato
         records = _txt_document(task, options, stats)
     else:
         records = _line_records(task, options, stats)
+    # Records orjson parsed (exact dicts from the fast JSON path) hold no lone surrogate: orjson
+    # refuses them, and what it refuses comes back from `json` as a `_StdlibRecord`. A dotted
+    # text field may go through a JSON string that `get_field` decodes with `json`: checked.
+    orjson_dicts = (
+        task.format.startswith("jsonl") and not options.where and "." not in options.text_field
+    )
     for where, item in records:
         try:
             if isinstance(item, _BadRecord):
                 raise item
-            text = _document(item, options, stats)
+            encodable = orjson_dicts and item.__class__ is dict
+            text = _document(item, options, stats, encodable)
         except _BadRecord as bad:
             if options.on_error == "skip":
                 stats.skipped[bad.reason] += 1
@@ -136,15 +143,20 @@ def read_records(task: Task, options: ReadOptions) -> Iterator[tuple[Any, Any]]:
     return _line_records(task, options, stats)
 
 
-def _document(item: Any, options: ReadOptions, stats: ReadStats) -> str | None:
-    """The document of one record (a str for txt, a dict otherwise); None when filtered out."""
+def _document(
+    item: Any, options: ReadOptions, stats: ReadStats, encodable: bool = False
+) -> str | None:
+    """The document of one record (a str for txt, a dict otherwise); None when filtered out.
+
+    `encodable`: the record's strings are known to encode as UTF-8 (no lone surrogate), so the
+    text's check is skipped (a re-encode of every non-ASCII document otherwise)."""
     try:
-        return _document_of(item, options, stats)
+        return _document_of(item, options, stats, encodable)
     except RecursionError:  # a field holding JSON text nested thousands deep (get_field)
         raise _BadRecord("malformed_json", "a field's JSON is nested too deeply") from None
 
 
-def _document_of(item: Any, options: ReadOptions, stats: ReadStats) -> str | None:
+def _document_of(item: Any, options: ReadOptions, stats: ReadStats, encodable: bool) -> str | None:
     if isinstance(item, str):
         text: object = item
         name = "line"
@@ -172,7 +184,7 @@ def _document_of(item: Any, options: ReadOptions, stats: ReadStats) -> str | Non
             len(text) * 4 > limit and len(text.encode("utf-8", "replace")) > limit
         ):
             raise _too_large(limit)
-        if not text.isascii():
+        if not encodable and not text.isascii():
             try:
                 text.encode("utf-8")  # a JSON "\\ud800" escape decodes to a lone surrogate
             except UnicodeEncodeError as e:
@@ -245,6 +257,8 @@ def _parse_json(line: bytes, fast: bool = True) -> dict | None:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
             record = _parse_json_stdlib(line)
+            if record.__class__ is dict:  # may hold lone surrogates: read_numbered checks
+                record = _StdlibRecord(record)
     else:
         record = _parse_json_stdlib(line)
     if record is _BLANK:
@@ -255,6 +269,11 @@ def _parse_json(line: bytes, fast: bool = True) -> dict | None:
 
 
 _BLANK = object()
+
+
+class _StdlibRecord(dict):
+    """A record `json` parsed after orjson refused its line: its strings may hold lone
+    surrogates (a JSON "\\ud800" escape), which orjson never returns."""
 
 
 def _parse_json_stdlib(line: bytes) -> Any:
