@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from test_sampler import make_store, spec_for
@@ -34,7 +41,7 @@ class Recording(transformers.GPT2LMHeadModel):
         return super().forward(input_ids=input_ids, labels=labels, **kwargs)
 
 
-def model() -> Recording:
+def model(**config_kw) -> Recording:
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=1000,
@@ -44,6 +51,7 @@ def model() -> Recording:
         n_head=2,
         bos_token_id=0,
         eos_token_id=0,
+        **config_kw,
     )
     m = Recording(config)
     m.seen = []
@@ -98,7 +106,125 @@ def test_what_breaks_exact_resume_is_refused(sampler, tmp_path, monkeypatch):
         trainer.get_train_dataloader()
     sharded = MixedDataset(sampler, batch_size=4, rank=0, world_size=2)
     trainer = MixedTrainer(model=model(), args=args(tmp_path), train_dataset=sharded)
-    # as under 2 processes (the 2-process launch itself is not in the suite)
+    # as under 2 processes (the real 2-process launch is test_two_processes_...)
     monkeypatch.setattr(type(trainer.args), "world_size", property(lambda self: 2))
     with pytest.raises(MixerError, match="double sharding drops data"):
         trainer.get_train_dataloader()
+
+
+def test_per_source_loss_is_logged_with_the_trainer_logs(sampler, tmp_path):
+    # learning rate 0 and no dropout: the model stays fixed, so the logged per-source means
+    # can be recomputed here from the blocks each log window trained on
+    m = model(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    trainer = MixedTrainer(
+        model=m,
+        args=args(tmp_path, max_steps=4, logging_steps=2, learning_rate=0.0, save_strategy="no"),
+        train_dataset=MixedTrainDataset(sampler, loss_mask=True),
+        per_source_loss=True,
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [2, 4]
+    dataset = MixedTrainDataset(sampler, loss_mask=True)
+    m.eval()
+    for entry, blocks in zip(logs, (range(0, 8), range(8, 16)), strict=True):
+        sums, counts = {}, {}
+        for i in blocks:
+            item = dataset[i]
+            name = sampler.source_names[int(item["source"])]
+            with torch.no_grad():
+                logits = m(input_ids=item["input_ids"][None]).logits[0, :-1]
+            targets = item["labels"][1:]
+            keep = targets != -100
+            loss = torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum")
+            sums[name] = sums.get(name, 0.0) + float(loss)
+            counts[name] = counts.get(name, 0) + int(keep.sum())
+        expected = {f"loss/{name}": sums[name] / counts[name] for name in sums}
+        got = {key: value for key, value in entry.items() if key.startswith("loss/")}
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key] == pytest.approx(expected[key], rel=1e-5)
+
+
+def test_per_source_loss_needs_logits(sampler, tmp_path):
+    class NoLogits(Recording):
+        def forward(self, input_ids=None, labels=None, **kwargs):
+            return {"loss": super().forward(input_ids=input_ids, labels=labels, **kwargs).loss}
+
+    torch.manual_seed(0)
+    m = NoLogits(model().config)
+    m.seen = []
+    trainer = MixedTrainer(
+        model=m,
+        args=args(tmp_path, max_steps=1, save_strategy="no"),
+        train_dataset=MixedTrainDataset(sampler),
+        per_source_loss=True,
+    )
+    with pytest.raises(MixerError, match="per_source_loss=True needs the model to return logits"):
+        trainer.train()
+
+
+# ---------------------------------------------------------------------------- 2 processes (gloo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(stores: dict[str, str], out, mode: str) -> list[dict]:
+    """Run tests/hf_ddp_worker.py as ranks 0 and 1 of a gloo group on 127.0.0.1; a hang fails."""
+    here = Path(__file__).parent
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]),
+        }
+        cmd = [sys.executable, str(here / "hf_ddp_worker.py"), json.dumps(stores), str(out), mode]
+        log = open(out / f"{mode}-{rank}.log", "wb")  # a file, not a pipe: a full pipe would hang
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        for p, _ in procs:
+            p.wait(timeout=120)
+    finally:
+        for p, log in procs:
+            p.kill()
+            p.wait()
+            log.close()
+    for rank, (p, _) in enumerate(procs):
+        assert p.returncode == 0, (out / f"{mode}-{rank}.log").read_text()[-3000:]
+    return [json.loads((out / f"{mode}-{rank}.json").read_text()) for rank in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_see_each_global_batch_once_and_resume_exactly(tmp_path):
+    stores = {
+        "a": make_store(tmp_path / "a", 700, seed=1),
+        "b": make_store(tmp_path / "b", 200, seed=2),
+    }
+    sampler = MixSampler(spec_for(stores, {"a": 0.75, "b": 0.25}, seq_len=8, blocks=100))
+    full = launch(stores, tmp_path, "full")
+    assert [r["world_size"] for r in full] == [2, 2]
+    # global step s is blocks [4s, 4s + 4): rank r trained on its contiguous half, no block twice
+    for s in range(6):
+        union = full[0]["seen"][s] + full[1]["seen"][s]
+        assert union == [sampler[i].tolist() for i in range(4 * s, 4 * s + 4)]
+    # the same per-source losses on both ranks (summed over processes), every source present
+    assert full[0]["logs"] == full[1]["logs"]
+    assert [sorted(e) for e in full[0]["logs"]] == [["loss/a", "loss/b", "step"]] * 2
+    # a dataset that shards itself is refused under the real 2 processes
+    for r in full:
+        assert "double sharding drops data" in r["refusal"]
+    resumed = launch(stores, tmp_path, "resume")
+    for rank in range(2):
+        assert resumed[rank]["seen"] == full[rank]["seen"][3:]

@@ -57,6 +57,8 @@ def test_hf_recipe(sampler, tmp_path):
     assert scope["trainer"].state.global_step == 4
     assert scope["model"].seen[0] == [sampler[i].tolist() for i in range(4)]
     assert (tmp_path / "checkpoint-2").is_dir()
+    logged = [e for e in scope["trainer"].state.log_history if "loss" in e]
+    assert logged and all("loss/a" in e and "loss/b" in e for e in logged)
     del transformers
 
 

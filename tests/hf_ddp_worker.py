@@ -1,0 +1,66 @@
+"""One process of a 2-process (gloo, CPU) HF Trainer run, launched by tests/test_hf.py.
+
+    python tests/hf_ddp_worker.py STORES_JSON OUT MODE   (env: RANK, WORLD_SIZE, MASTER_*)
+
+MODE "full": train 6 steps, checkpoint at step 3, then check that a dataset which shards
+itself is refused under the real 2 processes. MODE "resume": a fresh run resumed from
+OUT/checkpoint-3. Each process writes OUT/MODE-RANK.json: the input_ids of every training
+forward, the per-source losses it logged and the refusal message (full).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_hf import args, model  # noqa: E402
+from test_sampler import spec_for  # noqa: E402
+
+from mixer.errors import MixerError  # noqa: E402
+from mixer.mix.hf import MixedTrainDataset, MixedTrainer  # noqa: E402
+from mixer.mix.sampler import MixSampler  # noqa: E402
+from mixer.mix.torch import MixedDataset  # noqa: E402
+
+
+def main() -> None:
+    stores, out, mode = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    sampler = MixSampler(spec_for(stores, {"a": 0.75, "b": 0.25}, seq_len=8, blocks=100))
+    train_args = args(
+        out / "run", per_device_train_batch_size=2, logging_steps=3, ddp_backend="gloo"
+    )
+    m = model()
+    trainer = MixedTrainer(
+        model=m, args=train_args, train_dataset=MixedTrainDataset(sampler), per_source_loss=True
+    )
+    refusal = None
+    if mode == "full":
+        trainer.train()
+        sharded = MixedDataset(sampler, batch_size=2, rank=trainer.args.process_index, world_size=2)
+        try:
+            MixedTrainer(
+                model=model(), args=train_args, train_dataset=sharded
+            ).get_train_dataloader()
+        except MixerError as e:
+            refusal = str(e)
+    else:
+        trainer.train(resume_from_checkpoint=str(out / "run" / "checkpoint-3"))
+    logs = [
+        {k: v for k, v in e.items() if k.startswith("loss/") or k == "step"}
+        for e in trainer.state.log_history
+        if "loss" in e
+    ]
+    rank = trainer.args.process_index
+    record = {
+        "world_size": trainer.args.world_size,
+        "seen": m.seen,
+        "logs": logs,
+        "refusal": refusal,
+    }
+    (out / f"{mode}-{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
