@@ -228,3 +228,19 @@ def test_two_processes_see_each_global_batch_once_and_resume_exactly(tmp_path):
     resumed = launch(stores, tmp_path, "resume")
     for rank in range(2):
         assert resumed[rank]["seen"] == full[rank]["seen"][3:]
+
+
+def test_bos_puts_bos_before_each_document_in_input_ids_and_keeps_eos_in_labels(sampler):
+    dataset = MixedTrainDataset(sampler, bos_id=999)
+    replaced = 0
+    for i in range(20):
+        item = dataset[i]
+        tokens = sampler[i]
+        bos = np.zeros(len(tokens), dtype=bool)
+        bos[:-1] = tokens[:-1] == 0  # each EOS is followed by a document start in these stores
+        assert item["labels"].tolist() == tokens.tolist()
+        assert item["input_ids"].tolist() == np.where(bos, 999, tokens).tolist()
+        replaced += int(bos.sum())
+    assert replaced > 0
+    with pytest.raises(MixerError, match="leave loss_mask off"):
+        MixedTrainDataset(sampler, loss_mask=True, bos_id=999)

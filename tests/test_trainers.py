@@ -180,3 +180,70 @@ def test_int32_is_refused_when_the_vocabulary_does_not_fit(tmp_path):
     s = MixSampler(spec_for({"big": store}, {"big": 1.0}, seq_len=8, blocks=20))
     with pytest.raises(MixerError, match="int32: vocabulary of 4294967296 ids does not fit"):
         BatchIterator(s, 2, int32=True)
+
+
+# ---------------------------------------------------------------------------- BOS
+
+
+def brute_bos(tokens: np.ndarray, eos: int, bos: int) -> tuple[list, list, list]:
+    """inputs (EOS before a document -> BOS), their positions and cu_seqlens, row by row."""
+    rows, width = tokens.shape
+    seq_len = width - 1
+    inputs, positions, cu = [], [], []
+    for r in range(rows):
+        row = [bos if t == eos else int(t) for t in tokens[r, :seq_len]]
+        pos = []
+        for j in range(seq_len):
+            if j == 0 or tokens[r, j] == eos:
+                cu.append(r * seq_len + j)
+                pos.append(0)
+            else:
+                pos.append(pos[-1] + 1)
+        inputs.append(row)
+        positions.append(pos)
+    return inputs, positions, cu + [rows * seq_len]
+
+
+def test_bos_starts_every_document_inside_a_row_and_the_extras_follow_it(sampler):
+    flags = {"documents": True, "positions": True, "int32": True, "bos_id": 999}
+    plain = list(BatchIterator(sampler, 4, **flags))
+    assert len(plain) == 25
+    for batch in plain:
+        tokens = batch["tokens"]
+        inputs, positions, cu = brute_bos(tokens, eos=0, bos=999)
+        assert batch["inputs"].tolist() == inputs and batch["inputs"].dtype == np.int32
+        assert batch["positions"][:, :-1].tolist() == positions
+        assert batch["cu_seqlens"].tolist() == cu
+        assert batch["max_seqlen"] == int(np.diff(cu).max())
+        # the targets keep EOS: a document's last token predicts EOS, its BOS its first token
+        assert tokens.tolist() == [sampler[i].tolist() for i in batch["index"]]
+    loader = MixedDataLoader(MixedIterableDataset(sampler, 4, **flags), num_workers=2)
+    dataset = MixedDataset(sampler, 4, **flags)
+    mapped = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=dataset.collate)
+    for ref, a, b in zip(plain, loader, mapped, strict=True):
+        for batch in (a, b):
+            for key in ("tokens", "inputs", "positions", "cu_seqlens"):
+                assert torch.equal(batch[key], torch.from_numpy(ref[key])), key
+            assert batch["inputs"].dtype == torch.int32
+
+
+def test_bos_refusals(sampler, tmp_path):
+    from mixer.store.writer import write_store
+
+    with pytest.raises(MixerError, match="the mask would be all True; leave loss_mask off"):
+        BatchIterator(sampler, 4, loss_mask=True, bos_id=999)
+    with pytest.raises(MixerError, match="bos_id: 0 is the stores' EOS id"):
+        MixedIterableDataset(sampler, 4, bos_id=0)
+    with pytest.raises(MixerError, match=r"bos_id: 1000 is outside the vocabulary \[0, 1000\)"):
+        MixedDataset(sampler, 4, bos_id=1000)
+    docs = [list(range(1, 30)) + [0]] * 5
+    no_eos = str(write_store(tmp_path / "no_eos", docs, vocab_size=1000))
+    s = MixSampler(spec_for({"x": no_eos}, {"x": 1.0}, seq_len=8, blocks=10))
+    with pytest.raises(MixerError, match=r"bos_id: the stores' EOS ids are \['None'\]"):
+        BatchIterator(s, 2, bos_id=999)
+    # a store that says eos_id 0 but whose documents do not all end with it: refused on read
+    bad = [list(range(1, 30)) + [0], list(range(1, 30))] * 3
+    lying = str(write_store(tmp_path / "lying", bad, vocab_size=1000, eos_id=0))
+    s = MixSampler(spec_for({"x": lying}, {"x": 1.0}, seq_len=8, blocks=20))
+    with pytest.raises(MixerError, match="does not end with EOS 0, so its BOS would overwrite"):
+        list(BatchIterator(s, 2, bos_id=999))

@@ -12,6 +12,19 @@ y = tokens[:, 1:]. Document boundaries come from the stores' document index, the
 - ``loss_mask`` (bool, B x seq_len): False where the target y[r, j] is the first token of a
   new document, i.e. predicting it would cross a document boundary.
 - int32 tokens when every store's vocabulary fits (a quarter of int64's host-to-device bytes).
+
+BOS (`bos_id=N`, for tokenizers whose documents are ``BOS text EOS``; stores hold ``text EOS``):
+the batch gains ``inputs`` (B, seq_len), x with the token just before each document start
+inside a row (the previous document's EOS) replaced by N; the targets stay y = tokens[:, 1:].
+So every document that starts inside a row is read as inputs ``BOS t1 .. tn`` against targets
+``t1 .. tn EOS``: the BOS predicts the first token and the last token predicts EOS, and no
+target crosses a document. A row start is not a document start: it is a block cut at an
+arbitrary offset (the middle of a document, or a document whose BOS is the last input of the
+block before it in the store), and gets no BOS. Positions, ``cu_seqlens`` and ``max_seqlen``
+are those of ``inputs``: a segment starts at each row start and at each BOS. Refused:
+``loss_mask=True`` (nothing crosses, the mask would be all True), N equal to the stores' EOS
+(documents already start after it), N outside the vocabulary, a store without an EOS id, and,
+at read time, a document that does not end with EOS (its last token would be overwritten).
 """
 
 from __future__ import annotations
@@ -33,6 +46,59 @@ def cu_seqlens(positions: np.ndarray) -> np.ndarray:
     return np.append(flat, rows * seq_len).astype(np.int32)
 
 
+def restart_positions(starts: np.ndarray) -> np.ndarray:
+    """Position ids counting from 0 at every True of `starts` (B, width; column 0 is a start)."""
+    cols = np.arange(starts.shape[1])
+    return cols - np.maximum.accumulate(np.where(starts, cols, 0), axis=1)
+
+
+def with_bos(
+    tokens: np.ndarray, positions: np.ndarray, bos_id: int, eos_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens with `bos_id` just before each document start inside a row, their positions).
+
+    `positions` are the stores' (0 at each document start). The replaced tokens must be EOS: a
+    document that does not end with one would lose its last token, so that is refused."""
+    bos = np.zeros(tokens.shape, dtype=bool)
+    bos[:, :-1] = positions[:, 1:] == 0
+    if not (tokens[bos] == eos_id).all():
+        raise MixerError(
+            f"bos_id: a document in this batch does not end with EOS {eos_id}, so its BOS would "
+            "overwrite a token; rebuild the store with EOS appended, or leave bos_id unset"
+        )
+    out = tokens.copy()
+    out[bos] = bos_id
+    bos[:, 0] = True
+    return out, restart_positions(bos)
+
+
+def check_bos(sampler: MixSampler, bos_id: int | None, loss_mask: bool = False) -> int | None:
+    """The stores' EOS id when `bos_id` is usable with them; refuses what would be wrong."""
+    if bos_id is None:
+        return None
+    if loss_mask:
+        raise MixerError(
+            "loss_mask: with bos_id no target crosses a document (BOS predicts its first token), "
+            "so the mask would be all True; leave loss_mask off"
+        )
+    eos = {store.eos_id for store in sampler.stores}
+    if None in eos or len(eos) != 1:
+        raise MixerError(
+            f"bos_id: the stores' EOS ids are {sorted(map(str, eos))}; BOS replaces the EOS "
+            "ending the document before, so every store needs the same eos_id"
+        )
+    (eos_id,) = eos
+    vocab = min(store.vocab_size for store in sampler.stores)
+    if bos_id == eos_id:
+        raise MixerError(
+            f"bos_id: {bos_id} is the stores' EOS id; documents already start after it, "
+            "leave bos_id unset"
+        )
+    if not 0 <= bos_id < vocab:
+        raise MixerError(f"bos_id: {bos_id} is outside the vocabulary [0, {vocab})")
+    return int(eos_id)
+
+
 class Extras:
     """Turns read blocks into a batch dict with the extras a loader was asked for."""
 
@@ -43,11 +109,14 @@ class Extras:
         documents: bool = False,
         loss_mask: bool = False,
         int32: bool = False,
+        bos_id: int | None = None,
     ):
         self.positions = positions
         self.documents = documents
         self.loss_mask = loss_mask
-        self.need_positions = positions or documents or loss_mask
+        self.bos_id = bos_id
+        self.eos_id = check_bos(sampler, bos_id, loss_mask)
+        self.need_positions = positions or documents or loss_mask or bos_id is not None
         self.dtype = sampler.dtype
         if int32:
             vocab = max(store.vocab_size for store in sampler.stores)
@@ -59,6 +128,9 @@ class Extras:
         self, tokens: np.ndarray, sources: np.ndarray, positions: np.ndarray | None
     ) -> dict[str, Any]:
         out: dict[str, Any] = {"tokens": tokens.astype(self.dtype, copy=False), "source": sources}
+        if self.bos_id is not None:
+            inputs, positions = with_bos(tokens, positions, self.bos_id, self.eos_id)
+            out["inputs"] = inputs[:, :-1].astype(self.dtype, copy=False)
         if self.positions:
             out["positions"] = positions
         if self.documents:

@@ -5,7 +5,10 @@
 labels themselves (logits[:, :-1] against labels[:, 1:]), so the targets are exactly
 y = block[1:] for inputs x = block[:-1]; the last position's logit is computed and ignored.
 With `loss_mask=True` a label that starts a new document is -100 (never predicted across a
-document boundary).
+document boundary). With `bos_id` (`mixer.mix.extras`: for tokenizers whose documents are
+``BOS text EOS``), input_ids has BOS in place of the EOS before each document that starts
+inside the block, and labels keep the EOS: the model reads ``BOS t1 .. tn`` against
+``t1 .. tn EOS`` (loss_mask is then refused: no target crosses a document).
 
 `MixedTrainer` is `Trainer` with a sequential sampler (the default random sampler would destroy
 the mix order). accelerate then shards each global batch of `per_device_train_batch_size x
@@ -37,6 +40,7 @@ from torch.utils.data import Dataset, SequentialSampler
 from transformers import Trainer
 
 from mixer.errors import MixerError
+from mixer.mix.extras import check_bos, with_bos
 from mixer.mix.sampler import MixSampler
 
 
@@ -44,9 +48,11 @@ class MixedTrainDataset(Dataset):
     """Global block i as {"input_ids", "labels"} (int64, seq_len + 1 tokens each) and "source"
     (int64 id into `sampler.source_names`), in order."""
 
-    def __init__(self, sampler: MixSampler, loss_mask: bool = False):
+    def __init__(self, sampler: MixSampler, loss_mask: bool = False, bos_id: int | None = None):
         self.sampler = sampler
         self.loss_mask = loss_mask
+        self.bos_id = bos_id
+        self.eos_id = check_bos(sampler, bos_id, loss_mask)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -56,10 +62,13 @@ class MixedTrainDataset(Dataset):
 
     def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
         index = np.asarray(items, dtype=np.int64)
-        blocks = self.sampler.read_many(index, self.loss_mask)
+        blocks = self.sampler.read_many(index, self.loss_mask or self.bos_id is not None)
         tokens = torch.from_numpy(blocks.tokens.astype(np.int64))
         sources = torch.from_numpy(blocks.sources.astype(np.int64))
         labels = tokens.clone()
+        if self.bos_id is not None:
+            inputs, _ = with_bos(blocks.tokens, blocks.positions, self.bos_id, self.eos_id)
+            tokens = torch.from_numpy(inputs.astype(np.int64))
         if self.loss_mask:
             labels[torch.from_numpy(blocks.positions == 0)] = -100
             labels[:, 0] = tokens[:, 0]  # never a target: the model's shift drops it

@@ -109,7 +109,8 @@ class BatchIterator:
     Opt-in extras (`mixer.mix.extras`): ``positions`` (restarting at each document start);
     with `documents=True`, ``cu_seqlens`` and ``max_seqlen`` of x = tokens[:, :-1] for varlen
     attention; with `loss_mask=True`, ``loss_mask`` (batch_size, seq_len), 0 where a target
-    starts a new document. `int32=True` gives int32 tokens when the vocabulary fits.
+    starts a new document. `int32=True` gives int32 tokens when the vocabulary fits. With
+    `bos_id`, ``inputs`` (batch_size, seq_len): x with BOS before each document inside a row.
 
     Global step s covers global blocks [origin + (s - origin_step) G, ... + G), G =
     batch_size x world_size, and rank r takes its r-th contiguous slice of batch_size blocks.
@@ -118,7 +119,7 @@ class BatchIterator:
     Parameters: `sampler`, the stream; `batch_size`, blocks per rank per step; `rank` and
     `world_size`, this process's place among the data-parallel ranks; `start_step`, the global
     step to begin at (or `load_state_dict` a saved state); `positions`, `documents`,
-    `loss_mask` and `int32`, the extras above.
+    `loss_mask`, `int32` and `bos_id`, the extras above.
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class BatchIterator:
         documents: bool = False,
         loss_mask: bool = False,
         int32: bool = False,
+        bos_id: int | None = None,
     ):
         check_rank(batch_size, rank, world_size)
         from mixer.mix.extras import Extras
@@ -143,7 +145,7 @@ class BatchIterator:
         self.rank = rank
         self.world_size = world_size
         self.positions = positions
-        self.extras = Extras(sampler, positions, documents, loss_mask, int32)
+        self.extras = Extras(sampler, positions, documents, loss_mask, int32, bos_id)
         self.global_batch_size = batch_size * world_size
         self.origin_step = 0
         self.origin_samples = 0

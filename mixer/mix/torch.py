@@ -40,7 +40,7 @@ def _tensors(batch: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if isinstance(value, np.ndarray):
-            if key == "tokens" and value.dtype != np.int32:
+            if key in ("tokens", "inputs") and value.dtype != np.int32:
                 value = value.astype(np.int64, copy=False)
             elif key in ("source", "index"):
                 value = value.astype(np.int64, copy=False)
@@ -75,8 +75,9 @@ def stream_state(state: dict[str, Any]) -> dict[str, Any]:
 class MixedDataset(Dataset):
     """Map-style view of one rank's blocks: {"tokens", "source", "index"[, "positions"]} per
     item. Use ``DataLoader(ds, batch_size=B, shuffle=False)`` (or torchdata's
-    `StatefulDataLoader`, which resumes it exactly); with `documents` or `loss_mask`, pass
-    ``collate_fn=ds.collate`` to get ``cu_seqlens``/``max_seqlen``/``loss_mask`` per batch.
+    `StatefulDataLoader`, which resumes it exactly); with `documents`, `loss_mask` or `bos_id`,
+    pass ``collate_fn=ds.collate`` to get ``cu_seqlens``/``max_seqlen``/``loss_mask``/``inputs``
+    per batch.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class MixedDataset(Dataset):
         documents: bool = False,
         loss_mask: bool = False,
         int32: bool = False,
+        bos_id: int | None = None,
     ):
         check_rank(batch_size, rank, world_size)
         self.sampler = sampler
@@ -96,7 +98,7 @@ class MixedDataset(Dataset):
         self.rank = rank
         self.world_size = world_size
         self.positions = positions
-        self.extras = Extras(sampler, positions, documents, loss_mask, int32)
+        self.extras = Extras(sampler, positions, documents, loss_mask, int32, bos_id)
         self._rows = Extras(sampler, self.extras.need_positions, False, False, int32)
 
     def __len__(self) -> int:
@@ -149,6 +151,7 @@ class MixedIterableDataset(IterableDataset):
         documents: bool = False,
         loss_mask: bool = False,
         int32: bool = False,
+        bos_id: int | None = None,
     ):
         self.batches = BatchIterator(
             sampler,
@@ -160,6 +163,7 @@ class MixedIterableDataset(IterableDataset):
             documents,
             loss_mask,
             int32,
+            bos_id,
         )
         self.worker: tuple[int, int] | None = None  # set when this copy's state is a worker's
         self._tracked = False  # MixedDataLoader tracks the state in the main process
