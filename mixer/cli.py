@@ -52,6 +52,15 @@ def parse_json_option(value: str | None, flag: str) -> dict:
     return parsed
 
 
+def note_no_tokenizer(what: str) -> None:
+    """Say why no text is shown: a store written before stores kept their tokenizer's copy."""
+    typer.echo(
+        f"mixer: note: {what}: no copy of the tokenizer in the store (written by an older "
+        "mixer); pass --tokenizer to show text",
+        err=True,
+    )
+
+
 def _version(value: bool) -> None:
     if value:
         from mixer import __version__
@@ -345,7 +354,7 @@ def inspect(
         str | None,
         typer.Option(
             metavar="TOKENIZER",
-            help="tokenizer.json for --sample (default: the path the store recorded).",
+            help="tokenizer.json for --sample (default: the store's copy of it).",
         ),
     ] = None,
 ) -> None:
@@ -359,6 +368,8 @@ def inspect(
         raise MixerError(f"--sample must be >= 0, got {sample}")
     opened = TokenStore.open(store)
     decoder = store_decoder(opened, tokenizer) if sample else None
+    if sample and decoder is None:
+        note_no_tokenizer(store)
     summary = store_summary(opened, sample, decoder)
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
@@ -468,9 +479,7 @@ def explain(
     ] = None,
     tokenizer: Annotated[
         str | None,
-        typer.Option(
-            help="tokenizer.json for text previews (default: the path the store recorded)."
-        ),
+        typer.Option(help="tokenizer.json for text previews (default: the stores' copy of it)."),
     ] = None,
     chars: Annotated[int, typer.Option(help="Characters of each document to show.")] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -491,6 +500,8 @@ def explain(
     if size is None:
         raise MixerError("--global-batch-size: needed, the spec gives total_tokens, not steps")
     decoder = load_decoder(sampler, tokenizer)
+    if decoder is None:
+        note_no_tokenizer(spec)
     rows = explain_step(sampler, step, size, rank, world_size, decoder, chars)
     if as_json:
         typer.echo(json.dumps({"step": step, "global_batch_size": size, "rows": rows}, indent=2))

@@ -350,6 +350,57 @@ def test_inspect_breaks_a_store_down_by_input_and_shard_and_samples_documents(wo
     assert "inputs (4):" in out and "backend" in out and "median" in out and "document 0 (" in out
 
 
+def test_stores_keep_their_tokenizer_and_decode_with_it_by_default(workspace, capsys):
+    """tokenize copies tokenizer.json into the store (listed with its size; its sha256 is the
+    tokenizer fingerprint); inspect --sample and explain decode with it, verify checks it, an
+    export carries it, and a store without one (an older mixer's) opens and asks for it."""
+    tok = Path("pipelines/tokenizer.json")
+    argv = ["tokenize", "pipelines/samples/fineweb", "-t", str(tok), "-o", "web"]
+    assert cli(argv, capsys)[0] == 0
+    store = TokenStore.open("web")
+    assert (Path("web") / "tokenizer.json").read_bytes() == tok.read_bytes()
+    assert store.manifest["tokenizer"]["file"] == "tokenizer.json"
+    assert store.manifest["tokenizer"]["file_bytes"] == tok.stat().st_size
+    assert store.tokenizer_path == Path("web") / "tokenizer.json"
+    with_copy = cli(["inspect", "web", "--json", "--sample", "2"], capsys)
+    given = cli(["inspect", "web", "--json", "--sample", "2", "--tokenizer", str(tok)], capsys)
+    assert with_copy[0] == given[0] == 0 and with_copy[1] == given[1]
+    assert all(isinstance(r["text"], str) for r in json.loads(with_copy[1])["sample"])
+    spec = Path("mix.toml")
+    spec.write_text(
+        'seq_len = 8\ntotal_tokens = 800\n[[source]]\nname = "web"\nstore = "web"\nweight = 1\n'
+    )
+    code, out, err = cli(["explain", str(spec), "--step", "0", "--global-batch-size", "2"], capsys)
+    assert code == 0 and "'" in out.split("\n", 2)[2] and "note" not in err
+    assert cli(["mix", str(spec), "--export", "mixed"], capsys)[0] == 0
+    exported = TokenStore.open("mixed")
+    exported.verify()
+    assert (Path("mixed") / "tokenizer.json").read_bytes() == tok.read_bytes()
+    assert exported.manifest["tokenizer"] == store.manifest["tokenizer"]
+
+    copy = Path("web") / "tokenizer.json"
+    original = copy.read_bytes()
+    copy.write_bytes(original.replace(b"{", b"[", 1))  # same size, other bytes
+    code, _, err = cli(["verify", "web"], capsys)
+    assert code == 1 and "tokenizer.json: sha256" in err and len(err.splitlines()) == 1
+    code, _, err = cli(["inspect", "web", "--sample", "1"], capsys)
+    assert code == 1 and "does not match the manifest" in err and len(err.splitlines()) == 1
+    copy.write_bytes(original[:-1])
+    code, _, err = cli(["inspect", "web"], capsys)
+    assert code == 1 and "(truncated or replaced)" in err
+
+    copy.unlink()  # as an older mixer wrote it: no copy, no keys
+    manifest = json.loads((Path("web") / "manifest.json").read_text())
+    del manifest["tokenizer"]["file"], manifest["tokenizer"]["file_bytes"]
+    (Path("web") / "manifest.json").write_text(json.dumps(manifest))
+    assert cli(["verify", "web"], capsys)[0] == 0
+    code, out, err = cli(["inspect", "web", "--json", "--sample", "2"], capsys)
+    assert code == 0 and "pass --tokenizer to show text" in err
+    argv = ["inspect", "web", "--json", "--sample", "2", "--tokenizer", str(tok)]
+    code, out, _ = cli(argv, capsys)
+    assert code == 0 and json.loads(out)["sample"] == json.loads(given[1])["sample"]
+
+
 def test_inspect_of_an_exported_mix_counts_blocks(workspace, capsys):
     assert cli(["run", "pipelines/spt-proofpile.toml", "--out", "o"], capsys)[0] == 0
     code, out, _ = cli(["inspect", "o/mixed"], capsys)

@@ -145,6 +145,7 @@ def test_tokenize_to_s3_then_open_through_the_cache_matches_a_local_run(
             assert path.read_bytes() == (local / path.name).read_bytes()
     store.verify()
     assert documents(store) == documents(TokenStore.open(local))
+    assert store.tokenizer_json() == Path(tokenizer_path).read_text()  # the copy came along
 
     # A rerun finds the finished store at the URL and does nothing.
     assert tokenize(job(tokenizer_path, inputs, prefix, options), progress=False) == manifest
@@ -291,11 +292,12 @@ def test_concurrent_readers_download_each_file_once(
     for t in threads:
         t.join()
     assert not errors
-    # .bin, .idx and .rec (provenance) of every shard
-    assert sorted(calls) == sorted(set(calls)) and len(calls) == 3 * manifest["num_shards"]
+    # .bin, .idx and .rec (provenance) of every shard, and the tokenizer's copy
+    files = 3 * manifest["num_shards"] + 1
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == files
     assert documents(stores[0]) == documents(stores[1])
     TokenStore.open(prefix, storage_options=options)  # warm cache: nothing downloaded again
-    assert len(calls) == 3 * manifest["num_shards"]
+    assert len(calls) == files
 
 
 def test_sampler_over_an_s3_store_matches_the_local_store(tmp_path, tokenizer_path, s3, prefix):

@@ -136,6 +136,11 @@ def test_swapped_idx_files_are_refused(tmp_path, capsys):
         (lambda m: m["shards"][1].update(idx=m["shards"][0]["idx"]), "listed twice"),
         (lambda m: m.update(num_tokens=m["num_tokens"] + 1), "num_tokens is"),
         (lambda m: m["shards"][0].update(bin_sha256=7), "bin_sha256 is 7"),
+        (lambda m: m["tokenizer"].update(file="../t.json", file_bytes=1), "tokenizer.file '"),
+        (lambda m: m["tokenizer"].update(file=m["shards"][0]["bin"], file_bytes=1), "twice"),
+        (lambda m: m["tokenizer"].update(file="t.json", file_bytes=1.5), "file_bytes is 1.5"),
+        (lambda m: m["tokenizer"].update(file="t.json"), "file_bytes is None"),
+        (lambda m: m["tokenizer"].update(file="t.json", file_bytes=1), "t.json: file listed"),
     ],
 )
 def test_manifest_fields_are_validated_strictly(tmp_path, capsys, change, message):

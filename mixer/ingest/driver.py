@@ -39,7 +39,7 @@ from mixer.ingest.matches import check_inputs
 from mixer.ingest.progress import Progress, mb
 from mixer.ingest.select import Selection, SelectionReport
 from mixer.ingest.task import TaskSpec, task_key
-from mixer.store.format import dtype_for_vocab, shard_files
+from mixer.store.format import TOKENIZER_FILE, dtype_for_vocab, shard_files
 from mixer.store.output import Claimant, Output, open_output
 from mixer.store.writer import build_manifest
 
@@ -155,6 +155,7 @@ def tokenize(
         finally:
             bar.close()
         manifest = store_manifest(specs, entries, files, options, info, job_options)
+        output.write_file(TOKENIZER_FILE, info.json.encode("utf-8"))  # its sha256 is info's
         output.publish(manifest)
     finally:
         output.release()
@@ -389,9 +390,10 @@ def store_manifest(
     skipped: Counter[str] = Counter()
     for entry in shards:
         skipped.update(entry["skipped"])
+    copy = {"file": TOKENIZER_FILE, "file_bytes": len(info.json.encode("utf-8"))}
     return build_manifest(
         shards,
-        tokenizer=info.manifest_entry(),
+        tokenizer={**info.manifest_entry(), **copy},
         eos_id=info.eos_id,
         dtype=dtype_for_vocab(info.vocab_size),
         job=job_options,

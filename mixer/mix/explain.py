@@ -2,7 +2,8 @@
 
 `explain_step` is what `mixer explain SPEC --step N` prints; every row lists the documents whose
 pieces fill its `seq_len + 1` tokens, with the input file and record each came from
-(`MixSampler.provenance`) and, given the tokenizer, the first characters of the document.
+(`MixSampler.provenance`) and, with a decoder (`load_decoder`: by default the copy of the
+tokenizer the stores hold), the first characters of the document.
 """
 
 from __future__ import annotations
@@ -20,37 +21,37 @@ PREVIEW_TOKENS = 48  # tokens decoded per document for its preview
 
 
 def load_decoder(sampler: MixSampler, tokenizer: str | os.PathLike | None) -> Any | None:
-    """A `tokenizers.Tokenizer` for previews: `tokenizer`, else the path the stores recorded
-    when it still holds the same tokenizer.json (sha256); None when neither is available."""
-    return store_decoder(sampler.stores[0], tokenizer)
+    """A `tokenizers.Tokenizer` for previews: `tokenizer` when given (it must be the one the
+    stores were built with), else the copy a store holds (`TokenStore.tokenizer_json`); None
+    when no store holds one (stores written before mixer kept a copy)."""
+    if tokenizer is not None:
+        return store_decoder(sampler.stores[0], tokenizer)
+    for store in sampler.stores:
+        if (decoder := store_decoder(store, None)) is not None:
+            return decoder
+    return None
 
 
 def store_decoder(store: TokenStore, tokenizer: str | os.PathLike | None) -> Any | None:
     """`load_decoder` for one store (`mixer inspect --sample`)."""
     from tokenizers import Tokenizer
 
+    if tokenizer is None:
+        text = store.tokenizer_json()
+        return None if text is None else Tokenizer.from_str(text)
+    path = Path(tokenizer)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise MixerError(f"tokenizer {tokenizer}: no tokenizer.json there")
+    raw = path.read_bytes()
     expected = store.tokenizer_sha256
-    candidates = [tokenizer] if tokenizer is not None else [store.manifest["tokenizer"].get("name")]
-    for candidate in candidates:
-        if not candidate:
-            continue
-        path = Path(candidate)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        if not path.is_file():
-            if tokenizer is not None:
-                raise MixerError(f"--tokenizer {tokenizer}: no tokenizer.json there")
-            continue
-        raw = path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != expected:
-            if tokenizer is not None:
-                raise MixerError(
-                    f"--tokenizer {tokenizer}: not the tokenizer the stores were built with "
-                    f"(sha256 {expected[:12]}…)"
-                )
-            continue
-        return Tokenizer.from_str(raw.decode("utf-8"))
-    return None
+    if hashlib.sha256(raw).hexdigest() != expected:
+        raise MixerError(
+            f"tokenizer {tokenizer}: not the tokenizer the stores were built with "
+            f"(sha256 {expected[:12]}…)"
+        )
+    return Tokenizer.from_str(raw.decode("utf-8"))
 
 
 def explain_step(

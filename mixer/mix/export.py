@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mixer.errors import MixerError
 from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler
 from mixer.mix.steering import steering_state
-from mixer.store.format import MANIFEST, json_bytes
+from mixer.store.format import MANIFEST, TOKENIZER_FILE, json_bytes, listed_files
 from mixer.store.output import Claimant, LocalOutput
 from mixer.store.reader import TokenStore, read_manifest
 from mixer.store.writer import ShardWriter, build_manifest
@@ -73,9 +73,8 @@ def existing_export(out: Path, record: dict[str, Any], force: bool) -> bool:
             f"{out}: holds a token store that is not an export; --force only replaces exports"
         )
     (out / MANIFEST).unlink()  # first: from here on the directory is not a store
-    for shard in manifest["shards"]:
-        for kind in ("bin", "idx"):
-            (out / Path(shard[kind]).name).unlink(missing_ok=True)
+    for name, *_ in listed_files(manifest):
+        (out / name).unlink(missing_ok=True)
     return False
 
 
@@ -154,11 +153,19 @@ def _write(
         bar.close()
         if writer is not None:
             writer.abort()
-    first_store = sampler.stores[0]
+    tokenizer = dict(sampler.stores[0].manifest["tokenizer"])
+    copy = next((t for s in sampler.stores if (t := s.tokenizer_json()) is not None), None)
+    if copy is None:  # sources from before stores held their tokenizer's copy
+        tokenizer.pop("file", None)
+        tokenizer.pop("file_bytes", None)
+    else:  # every source has this tokenizer (MixSampler checks its sha256)
+        data = copy.encode("utf-8")
+        tokenizer.update(file=TOKENIZER_FILE, file_bytes=len(data))
+        output.write_file(TOKENIZER_FILE, data)
     return build_manifest(
         shards,
-        tokenizer=first_store.manifest["tokenizer"],
-        eos_id=first_store.eos_id,
+        tokenizer=tokenizer,
+        eos_id=sampler.stores[0].eos_id,
         dtype=sampler.dtype,
         mix=record,
     )

@@ -49,9 +49,9 @@ from mixer.errors import MixerError, StoreError
 from mixer.store.format import (
     MANIFEST,
     check_manifest,
+    listed_files,
     remove_dead_temporaries,
     safe_member,
-    shard_files,
     temporary_path,
     write_bytes_atomic,
 )
@@ -123,8 +123,11 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _download_checked(fs, source: str, target: Path, entry: dict, kind: str, url: str) -> None:
-    """Download `source` to `target` via a temporary name, checking size and sha256 first."""
+def _download_checked(
+    fs, source: str, target: Path, size: int | None, sha256: str | None, what: str, url: str
+) -> None:
+    """Download `source` to `target` via a temporary name, checking size and sha256 first;
+    `what` names the file's role in messages (`mixer.store.format.listed_files`)."""
     tmp = temporary_path(target, thread=True)
     name = target.name
 
@@ -140,20 +143,17 @@ def _download_checked(fs, source: str, target: Path, entry: dict, kind: str, url
 
     try:
         actual = with_retries(fetch, f"{url}/{name}: download")
-        size = tmp.stat().st_size
-        expected_size = entry.get(f"{kind}_bytes")
-        if expected_size is not None and size != expected_size:
+        got = tmp.stat().st_size
+        if size is not None and got != size:
             raise StoreError(
-                f"{url}/{name}: shard {entry.get('name', name)} is {size} bytes, "
-                f"manifest says {expected_size} (truncated or replaced)"
+                f"{url}/{name}: {what} is {got} bytes, manifest says {size} (truncated or replaced)"
             )
-        expected = entry.get(f"{kind}_sha256")
-        if expected is None:
-            raise StoreError(f"{url}: shard {entry.get('name', name)} has no {kind}_sha256")
-        if actual != expected:
+        if sha256 is None:
+            raise StoreError(f"{url}: {what} has no sha256 for {name}")
+        if actual != sha256:
             raise StoreError(
-                f"{url}/{name}: shard {entry.get('name', name)} has sha256 {actual[:12]}…, "
-                f"manifest says {str(expected)[:12]}… (corrupted in storage or in transit)"
+                f"{url}/{name}: {what} has sha256 {actual[:12]}…, manifest says "
+                f"{str(sha256)[:12]}… (corrupted in storage or in transit)"
             )
         os.replace(tmp, target)
     finally:
@@ -189,14 +189,11 @@ def release_store(url: str, cache_dir: str | os.PathLike | None = None) -> None:
 
 
 def _planned_bytes(manifest: dict) -> int:
-    from mixer.store.format import shard_files
-
-    return sum(
-        int(entry.get(f"{kind}_bytes") or 0)
-        for entry in manifest.get("shards", ())
-        if isinstance(entry, dict)
-        for kind in shard_files(entry)
-    )
+    """Bytes of the files a manifest lists; 0 for what is not a checked manifest."""
+    try:
+        return sum(int(size or 0) for _, size, _, _ in listed_files(manifest))
+    except (KeyError, TypeError, AttributeError):
+        return 0
 
 
 def _store_bytes(directory: Path) -> int:
@@ -302,14 +299,11 @@ def fetch_store(
                     need = _planned_bytes(manifest) + len(manifest_bytes)
                     _make_room(local, need, bound, url)
                     write_bytes_atomic(incoming, manifest_bytes)
-            for entry in manifest["shards"]:
-                if not isinstance(entry, dict):
-                    raise StoreError(f"{url}/{MANIFEST}: malformed shard entry {entry!r}")
-                for kind in shard_files(entry):
-                    target = safe_member(local, entry.get(kind))
-                    if target.exists() and target.stat().st_size == entry.get(f"{kind}_bytes"):
-                        continue  # verified before it was renamed into place by an earlier fetch
-                    _download_checked(fs, f"{root}/{target.name}", target, entry, kind, url)
+            for name, size, sha256, what in listed_files(manifest):
+                target = safe_member(local, name)
+                if target.exists() and target.stat().st_size == size:
+                    continue  # verified before it was renamed into place by an earlier fetch
+                _download_checked(fs, f"{root}/{name}", target, size, sha256, what, url)
             write_bytes_atomic(local_manifest, manifest_bytes)
             incoming.unlink()
         now = time.time_ns()  # exact stamp: the filesystem's own clock ticks too coarsely

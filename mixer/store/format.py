@@ -5,6 +5,7 @@ Layout of a store directory::
     manifest.json        written last, atomically; a store without it is not a store
     NAME.bin             raw little-endian token ids, documents back to back (EOS included)
     NAME.idx             Megatron ``IndexedDataset`` index for NAME.bin (below)
+    tokenizer.json       optional: a copy of the tokenizer the store was built with
 
 ``NAME.idx`` (all integers little-endian, the layout megatron-core's ``IndexedDataset`` reads)::
 
@@ -30,6 +31,11 @@ uint32 code, and int32 holds any real vocabulary.
 tokenizer.json) and vocab size, the EOS id, the dtype, and per shard its file names, document
 and token counts, byte sizes and sha256 of both files and the input it came from. Names in the
 manifest are plain file names inside the store; anything else is rejected.
+
+The tokenizer's copy, when there is one, is listed as ``tokenizer.file`` (its name in the store)
+and ``tokenizer.file_bytes``; its checksum is ``tokenizer.sha256``, the fingerprint itself, so
+a store can be decoded without being told which tokenizer built it. Stores written before the
+copy existed lack both keys and open as before.
 """
 
 from __future__ import annotations
@@ -81,6 +87,32 @@ DTYPE_NAMES = {"uint16": np.dtype(np.uint16), "int32": np.dtype(np.int32)}
 
 
 RECORD_DTYPES = {"uint32": np.dtype("<u4"), "uint64": np.dtype("<u8")}
+
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_copy(manifest: dict[str, Any]) -> tuple[str, int, str] | None:
+    """(name, bytes, sha256) of the store's copy of its tokenizer (a checked manifest), or None
+    for a store that holds none."""
+    tokenizer = manifest["tokenizer"]
+    if "file" not in tokenizer:
+        return None
+    return tokenizer["file"], tokenizer["file_bytes"], tokenizer["sha256"]
+
+
+def listed_files(manifest: dict[str, Any]) -> list[tuple[str, int | None, str | None, str]]:
+    """(name, bytes, sha256, what) of every file a checked manifest lists besides itself: each
+    shard's files (`shard_files`; bytes and sha256 None where an entry omits them), then the
+    tokenizer's copy. `what` names the file's role in messages."""
+    out: list[tuple[str, int | None, str | None, str]] = []
+    for entry in manifest["shards"]:
+        for kind in shard_files(entry):
+            what = f"shard {entry.get('name', entry[kind])}"
+            out.append((entry[kind], entry.get(f"{kind}_bytes"), entry.get(f"{kind}_sha256"), what))
+    if (copy := tokenizer_copy(manifest)) is not None:
+        out.append((*copy, "the tokenizer's copy"))
+    return out
 
 
 def shard_files(entry: dict[str, Any]) -> tuple[str, ...]:
@@ -494,6 +526,16 @@ def check_manifest(manifest: Any, path: str | os.PathLike) -> dict[str, Any]:
             _require(path, "", key, manifest[key], "count")
             if manifest[key] != total:
                 raise StoreError(f"{path}: {key} is {manifest[key]}, the shards hold {total}")
+    if "file" in tokenizer or "file_bytes" in tokenizer:
+        if not _is_plain_name(tokenizer.get("file")):
+            raise StoreError(
+                f"{path}: tokenizer.file {_show(tokenizer.get('file'))} is not a plain name "
+                "inside the store"
+            )
+        if tokenizer["file"] in files or tokenizer["file"] == MANIFEST:
+            raise StoreError(f"{path}: file {tokenizer['file']!r} is listed twice")
+        _require(path, "tokenizer.", "file_bytes", tokenizer.get("file_bytes"), "count")
+        _require(path, "tokenizer.", "sha256", tokenizer["sha256"], "sha256")
     if "num_shards" in manifest and manifest["num_shards"] != len(shards):
         raise StoreError(
             f"{path}: num_shards is {_show(manifest['num_shards'])}, {len(shards)} are listed"

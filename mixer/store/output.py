@@ -56,6 +56,7 @@ from mixer.store.format import (
     remove_dead_temporaries,
     shard_files,
     wait_for_writers,
+    write_bytes_atomic,
     write_json_atomic,
 )
 
@@ -147,6 +148,11 @@ class Output(ABC):
     def remove_temporaries(self, wait_s: float = 0.0) -> None:
         """Remove every half-written file of this run, first waiting up to `wait_s` for the
         processes writing them (workers told to stop) to be gone."""
+
+    @abstractmethod
+    def write_file(self, name: str, data: bytes) -> None:
+        """Write a small file of the store whole (the tokenizer's copy): all or nothing, under
+        its final name, before `publish` lists it."""
 
     @abstractmethod
     def publish(self, manifest: dict[str, Any]) -> None:
@@ -280,6 +286,9 @@ class LocalOutput(Output):
         for directory in directories:
             remove_dead_temporaries(directory, own=True)
 
+    def write_file(self, name: str, data: bytes) -> None:
+        write_bytes_atomic(self.root / name, data)
+
     def publish(self, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.root / MANIFEST, manifest)
         shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)
@@ -402,6 +411,10 @@ class UrlOutput(Output):
                 "%s: %d files are still being written: %s", self.staging, len(live), live
             )
         shutil.rmtree(self.staging, ignore_errors=True)  # only this run stages there
+
+    def write_file(self, name: str, data: bytes) -> None:
+        self.check_claim()
+        remote.put_bytes(f"{self.url}/{name}", data, self.storage_options)
 
     def publish(self, manifest: dict[str, Any]) -> None:
         self.check_claim()

@@ -35,6 +35,7 @@ from mixer.store.format import (
     record_base,
     safe_member,
     sha256_file,
+    tokenizer_copy,
 )
 
 
@@ -242,6 +243,17 @@ class TokenStore:
                 raise StoreError(f"{idx_path}: dtype {dtype} but the manifest says {self.dtype}")
             if count != documents:
                 raise StoreError(f"{idx_path}: {count} documents, the manifest says {documents}")
+        self.tokenizer_path: Path | None = None
+        """The store's copy of its tokenizer.json (`tokenizer_json`), None in older stores."""
+        if (copy := tokenizer_copy(manifest)) is not None:
+            name, size, _ = copy
+            path = safe_member(root, name)
+            on_disk = self._file_size(path, seen)
+            if on_disk != size:
+                raise StoreError(
+                    f"{path}: {on_disk} bytes on disk, manifest says {size} (truncated or replaced)"
+                )
+            self.tokenizer_path = path
         # Cumulative offsets: shard s holds documents [doc_offsets[s], doc_offsets[s+1]) etc.
         self.doc_offsets = np.cumsum([0] + [s.entry["documents"] for s in self.shards])
         self.token_offsets = np.cumsum([0] + [s.entry["tokens"] for s in self.shards])
@@ -251,7 +263,7 @@ class TokenStore:
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            raise StoreError(f"{path}: shard file listed in the manifest is missing") from None
+            raise StoreError(f"{path}: file listed in the manifest is missing") from None
         if not seen:
             seen[""] = os.path.realpath(self.root)
         root = seen[""]
@@ -329,6 +341,18 @@ class TokenStore:
     @property
     def vocab_size(self) -> int:
         return int(self.manifest["tokenizer"]["vocab_size"])
+
+    def tokenizer_json(self) -> str | None:
+        """The text of the tokenizer.json the store was built with, from the store's copy
+        (checked against the manifest's sha256); None for a store that holds no copy."""
+        if self.tokenizer_path is None:
+            return None
+        raw = self.tokenizer_path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != self.tokenizer_sha256:
+            raise StoreError(
+                f"{self.tokenizer_path}: sha256 does not match the manifest's tokenizer.sha256"
+            )
+        return raw.decode("utf-8")
 
     @cached_property
     def identity(self) -> str:
@@ -448,3 +472,9 @@ class TokenStore:
                     raise StoreError(f"{path}: sha256 {actual[:12]}… does not match the manifest")
             index = read_index(shard.idx_path)
             check_index(index, shard.idx_path, self.dtype, shard.entry["tokens"])
+        if self.tokenizer_path is not None:
+            actual = sha256_file(self.tokenizer_path)
+            if actual != self.tokenizer_sha256:
+                raise StoreError(
+                    f"{self.tokenizer_path}: sha256 {actual[:12]}… does not match the manifest"
+                )

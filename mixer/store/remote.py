@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mixer.errors import MixerError, StoreError
-from mixer.store.format import MANIFEST, safe_member, shard_files
+from mixer.store.format import MANIFEST, listed_files, safe_member
 
 RETRY_ATTEMPTS = 5
 
@@ -136,12 +136,13 @@ def upload_store(
     storage_options: dict | None = None,
     attempts: int | None = None,
 ) -> None:
-    """Upload a finished local store to `url`: every shard file first, `manifest.json` last."""
+    """Upload a finished local store to `url`: every file it lists first (`listed_files`),
+    `manifest.json` last."""
     from mixer.store.reader import read_manifest  # reader reads URLs through this module
 
     local = Path(local)
     manifest = read_manifest(local)
-    names = [entry[kind] for entry in manifest["shards"] for kind in shard_files(entry)]
+    names = [name for name, *_ in listed_files(manifest)]
     for name in names:
         safe_member(local, name)
     upload_files(local, [*names, MANIFEST], url, storage_options, attempts)
