@@ -148,3 +148,24 @@ def test_empty_store(tmp_path):
 def test_ids_that_do_not_fit_the_dtype_are_refused_not_wrapped(tmp_path):
     with pytest.raises(StoreError, match="does not fit uint16"):
         write_store(tmp_path, [[1, 70000]], vocab_size=1000)
+
+
+def test_a_store_of_no_shards_gives_empty_results_not_index_errors(tmp_path):
+    from mixer.store.format import MANIFEST
+    from mixer.store.writer import build_manifest
+
+    (tmp_path / MANIFEST).write_text(
+        json.dumps(
+            build_manifest(
+                [], tokenizer={"sha256": "0" * 64, "vocab_size": 10}, eos_id=None, dtype=np.uint16
+            )
+        )
+    )
+    store = TokenStore.open(tmp_path)
+    store.verify()
+    assert store.num_documents == store.num_tokens == 0
+    assert store.tokens(0, 0).tolist() == [] and store.document_starts(0, 0).tolist() == []
+    with pytest.raises(IndexError, match="out of range for 0 documents"):
+        store.document(0)
+    with pytest.raises(IndexError, match="outside"):
+        store.tokens(0, 1)

@@ -386,6 +386,8 @@ class TokenStore:
         """Tokens [start, stop) of the stream of all documents; a view when inside one shard."""
         if not 0 <= start <= stop <= self.num_tokens:
             raise IndexError(f"token range [{start}, {stop}) outside [0, {self.num_tokens})")
+        if start == stop:  # also for a store of no shards: an empty range, not a shard lookup
+            return np.zeros(0, self.dtype.newbyteorder("<"))
         s = bisect.bisect_right(self.token_offsets, start) - 1
         s = min(s, len(self.shards) - 1)
         base = int(self.token_offsets[s])
