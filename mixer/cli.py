@@ -52,6 +52,12 @@ def parse_json_option(value: str | None, flag: str) -> dict:
     return parsed
 
 
+def progress_stream(progress: bool | None, as_json: bool):
+    """Where the library shows progress: stderr, unless --no-progress (or --json without
+    --progress) asked for none. The CLI owns the terminal; the library writes to what it gets."""
+    return None if progress is False or (as_json and progress is None) else sys.stderr
+
+
 def note_no_tokenizer(what: str) -> None:
     """Say why no text is shown: a store written before stores kept their tokenizer's copy."""
     typer.echo(
@@ -269,7 +275,7 @@ def tokenize(
         typer.echo(json.dumps(plan, indent=2) if as_json else format_plan(plan))
         return
     summary: dict = {}
-    run_tokenize(job, progress=False if as_json and progress is None else progress, summary=summary)
+    run_tokenize(job, progress=progress_stream(progress, as_json), summary=summary)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
 
@@ -449,7 +455,16 @@ def mix(
         flag = "--start" if start is not None else "--stop"
         raise MixerError(f"{flag} selects blocks to export: add --export DIR")
     text = run_mix(
-        spec, report or not (export or plot), as_json, export, start or 0, stop, plot, verify, force
+        spec,
+        report or not (export or plot),
+        as_json,
+        export,
+        start or 0,
+        stop,
+        plot,
+        verify,
+        force,
+        progress=sys.stderr if sys.stderr.isatty() else None,
     )
     if text:
         typer.echo(text)
@@ -573,7 +588,7 @@ def run(
             overrides,
             workers,
             ray_address,
-            progress,
+            progress_stream(progress, as_json),
             force=force,
             dry_run=dry_run,
             as_json=as_json,

@@ -18,7 +18,7 @@ import json
 import logging
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from mixer.config import no_unknown_keys, read_toml
 from mixer.errors import JobError, MixerError, SpecError
@@ -110,7 +110,7 @@ def run_pipeline(
     inputs: dict[str, list[str]] | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
-    progress: bool | None = None,
+    progress: TextIO | None = None,
     force: bool = False,
     dry_run: bool = False,
     as_json: bool = False,
@@ -144,8 +144,7 @@ def run_pipeline(
                 plans[name] = tokenize(job, dry_run=True)
                 continue
             stores[name] = {}
-            quiet = False if as_json and progress is None else progress
-            tokenize(job, progress=quiet, summary=stores[name])
+            tokenize(job, progress=progress, summary=stores[name])
         except MixerError as e:
             if not expects:
                 raise
@@ -174,7 +173,7 @@ def run_pipeline(
     output = recipe.output
     if output.export:
         done = is_exported(sampler, out_dir / "mixed", 0, len(sampler))
-        exported = export_mix(sampler, out_dir / "mixed", progress=bool(progress), force=force)
+        exported = export_mix(sampler, out_dir / "mixed", progress=progress, force=force)
         verb = "reused the export of" if done else "exported"
         logger.info("%s %s blocks in %s", verb, f"{len(sampler):,}", exported)
     if output.plot:

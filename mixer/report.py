@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -215,11 +214,13 @@ def run_mix(
     plot: str | None,
     verify: bool = False,
     force: bool = False,
+    progress: TextIO | None = None,
 ) -> str:
     """`mixer mix SPEC.toml`: report (the default, or with --report/--json), --export, --plot.
 
-    Returns the report (text or JSON; empty when none was asked for) for the CLI to print on
-    stdout; status lines are logged and progress goes to stderr, so --json stays parseable.
+        Returns the report (text or JSON; empty when none was asked for) for the CLI to print on
+        stdout; status lines are logged and the export's bar goes to `progress` (the CLI hands it
+    stderr on a terminal), so --json stays parseable.
     """
     sampler = MixSampler(MixSpec.from_toml(spec_path), verify=verify)
     text = ""
@@ -229,7 +230,7 @@ def run_mix(
     if export:
         last = len(sampler) if stop is None else stop
         done = is_exported(sampler, export, start, last)
-        out = export_mix(sampler, export, start, stop, progress=sys.stderr.isatty(), force=force)
+        out = export_mix(sampler, export, start, stop, progress=progress, force=force)
         verb = "reused the export of" if done else "exported"
         logger.info("%s blocks [%d, %d) in %s", verb, start, last, out)
     if plot:

@@ -22,7 +22,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from mixer.errors import Interrupted, MixerError
 from mixer.ingest import inputs, readers
@@ -63,13 +63,14 @@ VERIFY_CHARS_PER_FILE = 256 << 10
 
 def tokenize(
     job: TokenizeJob,
-    progress: bool | None = None,
+    progress: TextIO | None = None,
     dry_run: bool = False,
     summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run a tokenize job to completion and return the store's manifest.
 
-    `progress` shows progress (default: a bar on a terminal, plain lines otherwise). The
+    `progress`: a stream to show progress on (a bar on a terminal, plain lines otherwise;
+    None shows none). The
     summary line is logged at INFO (`mixer.ingest.driver`), warnings at WARNING. `dry_run` stops
     after planning and returns the plan instead (`plan_summary`: files, tasks, bytes, the output
     and whether it exists); nothing is written. `summary`, when given, is filled with what the
@@ -125,7 +126,7 @@ def tokenize(
         entries = reusable_entries(output, specs)
         started = time.perf_counter()
         reused = len(entries)
-        bar = Progress(sum(t.weight for t in tasks), len(specs), enabled=progress)
+        bar = Progress(sum(t.weight for t in tasks), len(specs), progress)
         bar.reused(sum(s.task.weight for s in specs if s.name in entries), reused)
         try:
             on_ray, nodes = run_tasks(

@@ -10,10 +10,10 @@ a pseudo-terminal without isatty) a plain line every `PLAIN_INTERVAL_S`.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 REPORT_INTERVAL_S = 0.5  # workers report at least this often while tokenizing (2x a second)
 PLAIN_INTERVAL_S = 5.0  # a line this often when stderr is not a terminal
@@ -67,10 +67,10 @@ def mb(n: float) -> str:
 
 
 class Progress:
-    """Totals of a run, shown as a bar (TTY), plain lines (no TTY) or not at all (`enabled`
-    False). `enabled=None` shows progress, as a bar only on a terminal."""
+    """Totals of a run, shown on `stream` (the caller's: the CLI hands it stderr) as a bar when
+    it is a terminal, else as a plain line every `PLAIN_INTERVAL_S`; not shown when None."""
 
-    def __init__(self, total_bytes: int, total_shards: int, enabled: bool | None):
+    def __init__(self, total_bytes: int, total_shards: int, stream: TextIO | None):
         self.total_bytes = max(1, total_bytes)
         self.total_shards = total_shards
         self.shards = 0
@@ -79,8 +79,9 @@ class Progress:
         self.partial: dict[str, Done] = {}  # running tasks: what they reported so far
         self.finished: set[str] = set()
         self.started = self.last_line = time.perf_counter()
-        self.enabled = enabled is not False
-        self.tty = sys.stderr.isatty() if enabled is None else bool(enabled) and sys.stderr.isatty()
+        self.stream = stream or None
+        self.enabled = self.stream is not None
+        self.tty = self.enabled and self.stream.isatty()
         self.bar = None
         if self.enabled and self.tty:
             from tqdm import tqdm
@@ -88,7 +89,7 @@ class Progress:
             self.bar = tqdm(
                 total=self.total_bytes,
                 desc="tokenize",
-                file=sys.stderr,
+                file=self.stream,
                 dynamic_ncols=True,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]",
                 mininterval=0.2,
@@ -163,8 +164,7 @@ class Progress:
         if now - self.last_line >= PLAIN_INTERVAL_S:
             self.last_line = now
             percent = 100 * read / self.total_bytes
-            print(
-                f"mixer tokenize: {percent:3.0f}% {self.describe()}, {self.seconds:.0f}s",
-                file=sys.stderr,
-                flush=True,
+            self.stream.write(
+                f"mixer tokenize: {percent:3.0f}% {self.describe()}, {self.seconds:.0f}s\n"
             )
+            self.stream.flush()

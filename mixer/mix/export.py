@@ -11,9 +11,8 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from tqdm import tqdm
@@ -83,7 +82,7 @@ def export_mix(
     out_dir: str | os.PathLike,
     start: int = 0,
     stop: int | None = None,
-    progress: bool = True,
+    progress: TextIO | None = None,
     shard_blocks: int | None = None,
     force: bool = False,
 ) -> Path:
@@ -94,6 +93,7 @@ def export_mix(
     start + k. Shards appear under their final names only when complete and the manifest,
     which records the spec, the range and the source stores (`export_record`), is written last.
     The same export into the same directory is reused as is; `force` rewrites a different one.
+    `progress`: a stream for a bar of blocks written (None: no bar).
     """
     stop = len(sampler) if stop is None else stop
     if not 0 <= start < stop <= len(sampler):
@@ -129,13 +129,13 @@ def _write(
     start: int,
     stop: int,
     shard_blocks: int | None,
-    progress: bool,
+    progress: TextIO | None,
     record: dict[str, Any],
 ) -> dict[str, Any]:
     """Write the shards of blocks [start, stop) into the claimed output; their manifest."""
     width = sampler.seq_len + 1
     per_shard = shard_blocks or max(1, SHARD_BYTES // (width * sampler.dtype.itemsize))
-    bar = tqdm(total=stop - start, unit="block", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=stop - start, unit="block", disable=not progress, file=progress or None)
     shards: list[dict[str, Any]] = []
     writer = None
     try:
