@@ -486,3 +486,63 @@ def test_an_amendment_keeps_the_past_continues_every_source_and_is_exact_on_ever
     counts -= after.source_counts([start])
     n = np.arange(table.blocks + 1)[:, None]
     assert np.all(np.abs(counts - np.array(table.targets) * n) < 1 + 1e-9)
+
+
+# ---------------------------------------------------------------------------- the spec's batch size
+
+
+def test_a_loader_must_step_by_the_spec_s_global_batch_size(stores, tmp_path):
+    """A spec with global_batch_size counts start_step phases and skip_steps in its steps: a
+    loader with another batch_size x world_size is refused, one with the same is accepted."""
+    from mixer.mix.explain import explain_step
+    from mixer.mix.grain import BatchSource
+    from mixer.mix.loader import BatchIterator
+    from mixer.mix.torch import MixedDataset, MixedIterableDataset
+
+    later = {"name": "late", "start_step": 30, "weights": {"math": 1.0}}
+    sampler = MixSampler(steps_spec(stores, [later]))  # global_batch_size 4
+    wrong = "= 2 blocks per step, but the spec's global_batch_size is 4: its start_step"
+    for make in (
+        lambda: BatchIterator(sampler, batch_size=2),
+        lambda: BatchIterator(sampler, batch_size=1, rank=1, world_size=2),
+        lambda: MixedIterableDataset(sampler, batch_size=2),
+        lambda: MixedDataset(sampler, batch_size=2),
+        lambda: BatchSource(sampler, batch_size=2),
+        lambda: next(sampler.batches(2)),
+        lambda: explain_step(sampler, 0, 2),
+    ):
+        with pytest.raises(MixerError, match=wrong) as info:
+            make()
+        assert "\n" not in str(info.value)
+    it = BatchIterator(sampler, batch_size=2, rank=1, world_size=2)
+    steps = {b["step"]: b["source"] for b in it}
+    assert set(steps[30].tolist()) == {sampler.source_names.index("math")}  # the phase's step
+    assert set(steps[29].tolist()) != {sampler.source_names.index("math")}
+    MixedDataset(sampler, batch_size=4)
+    assert len(explain_step(sampler, 30, 4)) == 4
+    by_tokens = steps_spec(stores).to_dict()
+    del by_tokens["steps"], by_tokens["global_batch_size"]
+    by_tokens["total_tokens"] = 50 * 4 * 8
+    free = MixSampler(MixSpec.from_dict(by_tokens))  # no global_batch_size: any size goes
+    assert len(BatchIterator(free, batch_size=3)) == 200 // 3
+
+
+def test_the_hf_trainer_must_step_by_the_spec_s_global_batch_size(stores, tmp_path):
+    pytest.importorskip("transformers")
+    from test_hf import args, model
+
+    from mixer.mix.hf import MixedTrainDataset, MixedTrainer
+
+    dataset = MixedTrainDataset(MixSampler(steps_spec(stores)))  # global_batch_size 4
+    for kw, ok in (
+        ({"per_device_train_batch_size": 4}, True),
+        ({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}, True),
+        ({"per_device_train_batch_size": 2}, False),
+        ({"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}, False),
+    ):
+        trainer = MixedTrainer(model=model(), args=args(tmp_path, **kw), train_dataset=dataset)
+        if ok:
+            trainer.get_train_dataloader()
+            continue
+        with pytest.raises(MixerError, match="blocks per step, but the spec's global_batch_size"):
+            trainer.get_train_dataloader()

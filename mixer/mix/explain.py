@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer.errors import MixerError
-from mixer.mix.sampler import MixSampler
+from mixer.mix.sampler import MixSampler, check_global_batch
 from mixer.store.reader import TokenStore
 
 PREVIEW_TOKENS = 48  # tokens decoded per document for its preview
@@ -66,6 +66,7 @@ def explain_step(
     """Rows of global batch `step` (only rank `rank`'s slice when given), each with its global
     block index, source, block, epoch, phase and documents (`MixSampler.provenance`, plus a
     `text` preview when a decoder is given)."""
+    check_global_batch(sampler.spec, global_batch_size, "--global-batch-size")
     steps = sampler.num_batches(global_batch_size)
     if not 0 <= step < steps:
         raise MixerError(

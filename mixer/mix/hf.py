@@ -41,7 +41,7 @@ from transformers import Trainer
 
 from mixer.errors import MixerError
 from mixer.mix.extras import check_bos, with_bos
-from mixer.mix.sampler import MixSampler
+from mixer.mix.sampler import MixSampler, check_global_batch
 
 
 class MixedTrainDataset(Dataset):
@@ -158,6 +158,17 @@ class MixedTrainer(Trainer):
             raise MixerError(
                 "MixedTrainer: ignore_data_skip=True would replay the mix from block 0 on "
                 "resume; leave it False"
+            )
+        sampler = getattr(dataset, "sampler", None)
+        if isinstance(sampler, MixSampler):
+            args = self.args
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+            check_global_batch(
+                sampler.spec,
+                per_step * args.world_size,
+                f"MixedTrainer: per_device_train_batch_size {args.per_device_train_batch_size} x "
+                f"{args.world_size} processes x gradient_accumulation_steps "
+                f"{args.gradient_accumulation_steps}",
             )
         if not getattr(self.args, "dataloader_in_order", True):
             raise MixerError(

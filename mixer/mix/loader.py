@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mixer.errors import MixerError
-from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler, check_rank
+from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler, check_geometry
 from mixer.mix.steering import apply_steering, steering_state
 
 STATE_VERSION = 1
@@ -135,7 +135,7 @@ class BatchIterator:
         int32: bool = False,
         bos_id: int | None = None,
     ):
-        check_rank(batch_size, rank, world_size)
+        check_geometry(sampler.spec, batch_size, rank, world_size)
         from mixer.mix.extras import Extras
 
         self.sampler = sampler

@@ -657,7 +657,7 @@ class MixSampler:
         `steps`: the global batch numbers to read, in any order (each in
         [0, num_batches(G))). `positions`: also return positions restarting at each document.
         """
-        check_rank(batch_size, rank, world_size)
+        check_geometry(self.spec, batch_size, rank, world_size)
         width = batch_size * world_size
         per_chunk = max(1, READ_CHUNK_ROWS // batch_size)
         steps = iter(steps)
@@ -692,6 +692,29 @@ def check_rank(batch_size: int, rank: int, world_size: int) -> None:
             f"batch_size {batch_size}, rank {rank}, world_size {world_size}: need "
             "batch_size >= 1 and 0 <= rank < world_size"
         )
+
+
+def check_global_batch(spec: MixSpec, global_batch_size: int, what: str) -> None:
+    """Refuse a loader whose blocks per global step differ from the spec's `global_batch_size`.
+
+    A spec that states one counts its `start_step` phases and `skip_steps` in steps of that
+    many blocks; a loader stepping by another size would hand out the same blocks under other
+    step numbers, so a phase would start (and a skipped range fall) at a step the user did not
+    write. `what` names the loader's size, e.g. "batch_size 4 x world_size 2"."""
+    stated = spec.global_batch_size
+    if stated is not None and stated != global_batch_size:
+        raise MixerError(
+            f"{what} = {global_batch_size} blocks per step, but the spec's global_batch_size is "
+            f"{stated}: its start_step phases and skip_steps would start at other steps; make "
+            f"them equal (or give the spec total_tokens, start_tokens and no skip_steps)"
+        )
+
+
+def check_geometry(spec: MixSpec, batch_size: int, rank: int, world_size: int) -> None:
+    """`check_rank`, and `check_global_batch` of batch_size x world_size: every loader's check."""
+    check_rank(batch_size, rank, world_size)
+    what = f"batch_size {batch_size} x world_size {world_size}"
+    check_global_batch(spec, batch_size * world_size, what)
 
 
 def _reopen(

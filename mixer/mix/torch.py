@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from mixer.errors import MixerError
 from mixer.mix.extras import Extras
 from mixer.mix.loader import BatchIterator, LoaderState
-from mixer.mix.sampler import MixSampler, check_rank
+from mixer.mix.sampler import MixSampler, check_geometry
 
 
 def _tensors(batch: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class MixedDataset(Dataset):
         int32: bool = False,
         bos_id: int | None = None,
     ):
-        check_rank(batch_size, rank, world_size)
+        check_geometry(sampler.spec, batch_size, rank, world_size)
         self.sampler = sampler
         self.batch_size = batch_size
         self.rank = rank
