@@ -11,6 +11,7 @@ forward, the per-source losses it logged and the refusal message (full).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def main() -> None:
         "refusal": refusal,
     }
     (out / f"{mode}-{rank}.json").write_text(json.dumps(record))
+    # The results are written: skip interpreter teardown, where gloo's threads sometimes abort
+    # (SIGABRT, "terminate called without an active exception") or hang, on torch's side.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
