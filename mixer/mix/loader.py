@@ -26,7 +26,7 @@ import numpy as np
 
 from mixer.errors import MixerError
 from mixer.mix.sampler import READ_CHUNK_ROWS, MixSampler, check_geometry
-from mixer.mix.steering import apply_steering, steering_state
+from mixer.mix.steering import apply_steering, keep_future_steering, steering_state
 
 STATE_VERSION = 1
 
@@ -281,7 +281,10 @@ class BatchIterator:
     def load_state_dict(self, state: Mapping[str, Any], origin: bool = False) -> None:
         """Resume where `state` stopped: at its next unconsumed block, under this loader's own
         global batch size (which may differ from the one the state was taken at), with its
-        steering; the plan before that block must be the one it was saved with."""
+        steering; the plan before that block must be the one it was saved with. Steering set on
+        this loader that the state lacks is kept when it lies at or after the resume point
+        (torchdata loads a state into each worker's copy after `set_weights` reached it) and
+        refused before it."""
         parsed = LoaderState.from_dict(state)
         if parsed.worker is not None:
             raise MixerError(
@@ -297,7 +300,8 @@ class BatchIterator:
             )
         sampler = self.sampler
         if parsed.steering is not None:
-            sampler = apply_steering(sampler.unsteered(), parsed.steering)
+            saved = apply_steering(sampler.unsteered(), parsed.steering)
+            sampler = keep_future_steering(saved, sampler, parsed.samples, parsed.step)
         if parsed.fingerprint is not None:
             sampler.check_fingerprint(parsed.fingerprint, parsed.samples, f"step {parsed.step}")
         if parsed.policy is not None:

@@ -58,3 +58,25 @@ def apply_state_file(sampler: MixSampler, path: str | os.PathLike) -> MixSampler
     if not isinstance(state, dict):
         raise MixerError(f"--state {path}: expected a JSON object (a loader state_dict)")
     return apply_steering(sampler, state.get("steering", state))
+
+
+def keep_future_steering(
+    saved: MixSampler, current: MixSampler, samples: int, step: int
+) -> MixSampler:
+    """`saved` (a checkpoint's steering) plus the amendments and skips of `current` it lacks,
+    each of which must lie at or after block `samples` (the resume point, global step `step`):
+    a change set before a state is loaded into the same loader or DataLoader worker copy."""
+    extra = [a for a in current.amendments if a not in saved.amendments]
+    skips = [r for r in current.skip_blocks if r not in saved.skip_blocks]
+    early = [a.at_block for a in extra] + [lo for lo, _ in skips]
+    if early and min(early) < samples:
+        raise MixerError(
+            f"set_weights/skip_steps: a change from block {min(early)} lies before the loaded "
+            f"state's step {step} (block {samples}), which was trained without it; change the "
+            f"mix only from step {step} on"
+        )
+    for a in extra:
+        saved = saved.amended(a.weights, a.at_block)
+    for lo, hi in skips:
+        saved = saved.skipping(lo, hi)
+    return saved

@@ -14,6 +14,13 @@ Two ways in:
   is exact. `stream_state(loader.state_dict())` is the whole stream's state (for another
   world size, or a `MixedDataLoader`).
 
+Steering (`set_weights`, and `skip_steps` on the iterable dataset): `MixedDataLoader` applies
+it live with any number of workers (it restarts them from the next step). On a dataset, it is
+exact while no worker holds a copy of it: with num_workers=0, or before a loader with workers
+starts them (before iterating it or asking its state_dict); the change is then in every worker's
+copy and in the state torchdata collects from them. Once a worker may hold a copy
+(`mixer.mix.copies`) it is refused: the workers would keep the old weights.
+
 Refused, because they cannot be exact: ``in_order=False`` (batches out of step order), and a
 plain `DataLoader` over `MixedIterableDataset` with workers (its state is never seen by the
 main process).
@@ -30,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from mixer.errors import MixerError
+from mixer.mix.copies import CopyGuard
 from mixer.mix.extras import Extras
 from mixer.mix.loader import BatchIterator, LoaderState
 from mixer.mix.sampler import MixSampler, check_geometry
@@ -48,6 +56,17 @@ def _tensors(batch: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def check_not_copied(guard: CopyGuard, what: str) -> None:
+    """Refuse a change on a dataset that DataLoader workers may hold copies of."""
+    if guard.copied:
+        raise MixerError(
+            f"{what}: DataLoader workers may hold copies of this dataset (num_workers > 0) and "
+            "would keep the old weights; call it before the loader starts its workers (before "
+            "iterating it or asking its state_dict), use num_workers=0, or use MixedDataLoader, "
+            "which restarts its workers"
+        )
 
 
 def stream_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +97,12 @@ class MixedDataset(Dataset):
     `StatefulDataLoader`, which resumes it exactly); with `documents`, `loss_mask` or `bos_id`,
     pass ``collate_fn=ds.collate`` to get ``cu_seqlens``/``max_seqlen``/``loss_mask``/``inputs``
     per batch.
+
+    `set_weights(weights, at_step)` changes the blocks that items of global steps >= at_step
+    map to; at_step must not be before the next step this copy has not fetched yet, and no
+    DataLoader worker may hold a copy (module docstring). `state_dict()` (a `LoaderState`
+    dict: the next unfetched step, the steering, a fingerprint) is what torchdata saves with
+    each worker; loading it restores the steering.
     """
 
     def __init__(
@@ -93,13 +118,19 @@ class MixedDataset(Dataset):
         bos_id: int | None = None,
     ):
         check_geometry(sampler.spec, batch_size, rank, world_size)
-        self.sampler = sampler
+        self.steps = BatchIterator(sampler, batch_size, rank, world_size)  # steering and state
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
         self.positions = positions
         self.extras = Extras(sampler, positions, documents, loss_mask, int32, bos_id)
         self._rows = Extras(sampler, self.extras.need_positions, False, False, int32)
+        self._copies = CopyGuard()
+
+    @property
+    def sampler(self) -> MixSampler:
+        """The current (possibly amended) sampler."""
+        return self.steps.sampler
 
     def __len__(self) -> int:
         return self.sampler.num_batches(self.batch_size * self.world_size) * self.batch_size
@@ -117,6 +148,8 @@ class MixedDataset(Dataset):
     def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
         """Batched fetch (DataLoader calls this when present): one vectorized locate."""
         index = self._global_indices(items)
+        if len(items):  # fetched: steps up to here can no longer change
+            self.steps.step = max(self.steps.step, int(max(items)) // self.batch_size + 1)
         blocks = self.sampler.read_many(index, self.extras.need_positions)
         batch = _tensors(
             {**self._rows.batch(blocks.tokens, blocks.sources, blocks.positions), "index": index}
@@ -130,6 +163,24 @@ class MixedDataset(Dataset):
         pos = None if positions is None else positions.numpy()
         extra = self.extras.batch(stacked["tokens"].numpy(), stacked["source"].numpy(), pos)
         return {**stacked, **_tensors(extra)}
+
+    def set_weights(self, weights: dict[str, float], at_step: int) -> None:
+        """Items of global steps >= `at_step` map to blocks mixed by `weights`
+        (`BatchIterator.set_weights`); every rank's dataset must get the same call."""
+        check_not_copied(self._copies, "set_weights")
+        self.steps.set_weights(weights, at_step)
+
+    def set_policy(self, policy: Any) -> None:
+        raise MixerError(
+            "MixedDataset: an online policy needs a loader that hands out whole steps; use "
+            "MixedIterableDataset with MixedDataLoader (or BatchIterator)"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.steps.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps.load_state_dict(state)
 
 
 class MixedIterableDataset(IterableDataset):
@@ -166,6 +217,7 @@ class MixedIterableDataset(IterableDataset):
             bos_id,
         )
         self.worker: tuple[int, int] | None = None  # set when this copy's state is a worker's
+        self._copies = CopyGuard()
         self._tracked = False  # MixedDataLoader tracks the state in the main process
         self._state_asked = False  # a StatefulDataLoader asked this worker copy for its state
 
@@ -206,16 +258,20 @@ class MixedIterableDataset(IterableDataset):
         return self.batches.sampler
 
     def set_weights(self, weights: dict[str, float], at_step: int) -> None:
-        """`BatchIterator.set_weights`: before iterating, or through `MixedDataLoader`."""
+        """`BatchIterator.set_weights`, while no DataLoader worker holds a copy (module
+        docstring); `MixedDataLoader.set_weights` works at any time."""
+        check_not_copied(self._copies, "set_weights")
         self.batches.set_weights(weights, at_step)
 
     def skip_steps(self, start_step: int, stop_step: int) -> None:
+        check_not_copied(self._copies, "skip_steps")
         self.batches.skip_steps(start_step, stop_step)
 
     def set_policy(self, policy: Any) -> None:
         self.batches.set_policy(policy)
 
     def report_loss(self, step: int, loss_sums: Any, counts: Any) -> dict[str, float] | None:
+        check_not_copied(self._copies, "report_loss")
         return self.batches.report_loss(step, loss_sums, counts)
 
     def state_dict(self) -> dict[str, Any]:
@@ -279,16 +335,16 @@ class MixedDataLoader(DataLoader):
         """From global step `at_step` (>= the next step not yet handed out), mix by `weights`;
         batches the workers prefetched beyond the handed-out ones are recomputed. The amended
         sampler is `loader.dataset.sampler` (`loader.sampler` is torch's own)."""
-        self.dataset.set_weights(weights, at_step)
+        self.dataset.batches.set_weights(weights, at_step)  # __iter__ restarts the workers
 
     def skip_steps(self, start_step: int, stop_step: int) -> None:
-        self.dataset.skip_steps(start_step, stop_step)
+        self.dataset.batches.skip_steps(start_step, stop_step)
 
     def set_policy(self, policy: Any) -> None:
         self.dataset.set_policy(policy)
 
     def report_loss(self, step: int, loss_sums: Any, counts: Any) -> dict[str, float] | None:
-        return self.dataset.report_loss(step, loss_sums, counts)
+        return self.dataset.batches.report_loss(step, loss_sums, counts)
 
     def state_dict(self) -> dict[str, Any]:
         return self.dataset.state_dict()
