@@ -372,6 +372,56 @@ def test_negative_and_out_of_range_indices(mix):
         mix.locate_many([0, len(mix)])
 
 
+@pytest.mark.parametrize("tables_max", [16, 1])
+@pytest.mark.parametrize("order", ["forward", "backward", "shuffled"])
+def test_single_lookups_match_the_vectorized_reference_before_and_after_round_tables(
+    tmp_path, monkeypatch, tables_max, order
+):
+    """`_locate` runs the round tables' rounds itself once built: every lookup equals
+    `locate_many` (vectorized `permute`) and `sampler[i]` the store's slice, in the stores'
+    common dtype, across epochs and phases, for sources with tables (n >= 256 blocks), without
+    (n < 256: eight rounds) and spanning shards, in any order, and when the tables are evicted
+    as they are used (tables_max 1): evicted tables are let go, so at most `tables_max` are in
+    use."""
+    from mixer.mix import permutation
+
+    monkeypatch.setattr(permutation, "_TABLES_MAX", tables_max)
+    monkeypatch.setattr(permutation, "_TABLES", [])
+    monkeypatch.setattr(permutation, "_SEEN", {})
+    rng = np.random.default_rng(5)
+    docs = [np.append(rng.integers(1, 70_000, 9), 0) for _ in range(400)]
+    stores = {
+        "big": make_store(tmp_path / "big", 3001, seed=1),  # 750 blocks
+        "wide": str(write_store(tmp_path / "wide", docs, vocab_size=70_000)),  # int32, 999
+        "sharded": make_store(tmp_path / "sharded", 1301, seed=2, docs_per_shard=9),  # 325
+        "tiny": make_store(tmp_path / "tiny", 401, seed=3),  # 100 blocks: eight rounds
+    }
+    weights = {"big": 0.4, "wide": 0.3, "sharded": 0.2, "tiny": 0.1}
+    anneal = {"name": "anneal", "blocks": 2000, "weights": {"big": 0.5, "tiny": 0.5}}
+    mix = MixSampler(spec_for(stores, weights, seq_len=4, blocks=9000, phases=[anneal], seed=3))
+    assert mix.stores[0].dtype == np.uint16 != mix.dtype  # "big" is cast, "wide" copied
+    refs = mix.locate_many(np.arange(len(mix)))
+    assert refs.epoch.max() >= 3
+    indices = np.arange(len(mix))
+    if order == "backward":
+        indices = indices[::-1]
+    elif order == "shuffled":
+        indices = rng.permutation(indices)
+    for i in indices.tolist():
+        ref = mix.locate(i)
+        assert ref.source == mix.source_names[refs.source[i]]
+        assert (ref.block, ref.epoch) == (refs.block[i], refs.epoch[i])
+        assert ref.phase == mix.phase_names[refs.phase[i]]
+        if i % 5 == 0:
+            store = mix.stores[refs.source[i]]
+            block = mix[i]
+            assert block.dtype == mix.dtype and block.flags.writeable
+            assert np.array_equal(block, store.tokens(ref.block * 4, ref.block * 4 + 5))
+    in_use = [c[2] for c in mix._perms if c[2] is not None and c[2].rounds is not None]
+    assert len(in_use) <= tables_max and (in_use or tables_max == 1)
+    assert len(permutation._TABLES) <= tables_max
+
+
 # ---------------------------------------------------------------------------- store checks
 
 

@@ -75,9 +75,12 @@ def permute_in_range(x: int, n: int, keys: tuple[int, ...]) -> int:
                 _SEEN.pop(next(iter(_SEEN)))
             return _permute_loop(x, n, keys[:4], a, b)
         seen = _SEEN[(n, keys)] = _Tables(n, keys, a, b)
-        _TABLES.append((n, keys))
-        if len(_TABLES) > _TABLES_MAX:  # the oldest table goes back to a counter
-            _SEEN[_TABLES.pop(0)] = 0
+        _TABLES.append(((n, keys), seen))
+        while len(_TABLES) > _TABLES_MAX:  # the oldest table goes back to a counter
+            key, old = _TABLES.pop(0)
+            old.rounds = None  # callers holding it (`round_tables`) let go of it too
+            if _SEEN.get(key) is old:
+                _SEEN[key] = 0
     a, b, t0, t1, t2, t3 = seen.rounds
     while True:
         hi, lo = divmod(x, b)
@@ -89,11 +92,21 @@ def permute_in_range(x: int, n: int, keys: tuple[int, ...]) -> int:
             return x
 
 
+def round_tables(n: int, keys: tuple[int, ...]) -> _Tables | None:
+    """The round tables `permute_in_range` uses for (n, keys) once built, else None.
+
+    A caller may keep it and run the rounds itself (as `permute_in_range` does) while its
+    `rounds` is not None: eviction sets it to None, so the process never holds more than
+    `_TABLES_MAX` tables in use."""
+    seen = _SEEN.get((n, keys))
+    return seen if seen.__class__ is _Tables else None
+
+
 TABLE_SIDE = 1 << 16  # sides up to this (n up to 2^32 blocks) get round tables: <= 10 MB each
 _TABLES_MAX = 16
 _SEEN_MAX = 4096
 _SEEN: dict[tuple[int, tuple[int, ...]], Any] = {}  # uses so far, or the _Tables once built
-_TABLES: list[tuple[int, tuple[int, ...]]] = []  # keys of the built tables, oldest first
+_TABLES: list[tuple[tuple[int, tuple[int, ...]], Any]] = []  # built tables, oldest first
 
 
 class _Tables:

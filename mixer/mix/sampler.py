@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mixer.errors import MixerError, SpecError
-from mixer.mix.permutation import epoch_keys, permute, permute_in_range
+from mixer.mix.permutation import epoch_keys, permute, permute_in_range, round_tables
 from mixer.mix.spec import WEIGHT_TOLERANCE, Amendment, MixSpec, Phase, amend_plan
 from mixer.store.reader import TokenStore
 
@@ -208,7 +208,8 @@ class PhaseTable:
             self.drawn_before,
         )
         self.draws = tuple(self.count_before(s, self.blocks) for s in range(len(names)))
-        # plain-int views for the scalar path; numpy arrays for the vectorized one
+        # plain-int views for the scalar path (`MixSampler._locate`); numpy arrays for the
+        # vectorized one (`draw_many`)
         self._source_view = memoryview(self.source_of)
         self._rank_view = memoryview(self.rank_of)
         self._counts_np = np.asarray(self.counts, dtype=np.int64)
@@ -223,12 +224,6 @@ class PhaseTable:
         m, r = divmod(n, self.period)
         lo, hi = self.slot_offsets[s], self.slot_offsets[s + 1]
         return m * self.counts[s] + int(np.searchsorted(self.slots[lo:hi], r))
-
-    def draw(self, n: int) -> tuple[int, int]:
-        """(source, run-wide draw number) of this phase's block n."""
-        m, r = divmod(n, self.period)
-        s = self._source_view[r]
-        return s, self.drawn_before[s] + m * self.counts[s] + self._rank_view[r]
 
     def draw_many(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, r = np.divmod(n, self.period)
@@ -251,8 +246,10 @@ def _digest(obj: Any) -> str:
 class _SourceReader:
     """Copies blocks of one store, straight from plain ndarray views of its shards."""
 
-    def __init__(self, store: TokenStore, seq_len: int):
+    def __init__(self, store: TokenStore, seq_len: int, dtype: np.dtype):
         self.store = store
+        self.dtype = dtype
+        self.same_dtype = store.dtype.newbyteorder("<") == dtype  # a plain copy, no cast
         self.width = seq_len + 1
         self.seq_len = seq_len
         self.offsets = [int(x) for x in store.token_offsets]
@@ -260,12 +257,17 @@ class _SourceReader:
 
     def slice(self, block: int) -> np.ndarray:
         """The block's tokens: a view into one shard, or a new array when it spans two."""
-        start = block * self.seq_len
-        shard = bisect_right(self.offsets, start) - 1
-        lo = start - self.offsets[shard]
-        if start + self.width <= self.offsets[shard + 1]:
-            return self.shards[shard].tokens[lo : lo + self.width]
-        return self.store.tokens(start, start + self.width)
+        start, offsets, width = block * self.seq_len, self.offsets, self.width
+        shard = bisect_right(offsets, start) - 1
+        if start + width <= offsets[shard + 1]:
+            lo = start - offsets[shard]
+            return self.shards[shard].mapped("tokens")[lo : lo + width]
+        return self.store.tokens(start, start + width)
+
+    def read(self, block: int) -> np.ndarray:
+        """The block's tokens in `dtype`, a new array."""
+        tokens = self.slice(block)
+        return tokens.copy() if self.same_dtype else tokens.astype(self.dtype)
 
     def positions(self, block: int) -> np.ndarray:
         """Position ids that restart at 0 at each document start inside the block."""
@@ -338,9 +340,16 @@ class MixSampler:
         self._starts = [t.start for t in self.phases]
         self._len = spec.num_blocks
         self._check_repeats()
-        self._readers = tuple(_SourceReader(st, self.seq_len) for st in self.stores)
+        self._readers = tuple(_SourceReader(st, self.seq_len, self.dtype) for st in self.stores)
         self._source_blocks_np = np.asarray(self.source_blocks, dtype=np.int64)
-        self._keys: list[tuple[int, tuple[int, ...]]] = [(-1, ())] * len(self.source_names)
+        self._phased = len(self.phases) > 1
+        self._draw_consts = [
+            (t.start, t.period, t._source_view, t._rank_view, t.drawn_before, t.counts)
+            for t in self.phases
+        ]
+        self._perms: list[tuple[int, tuple[int, ...], Any]] = [(-1, (), None)] * len(
+            self.source_names
+        )
 
     def __reduce__(self) -> tuple:
         """Pickle (DataLoader workers under spawn) as the spec and store paths, reopened on load:
@@ -390,21 +399,49 @@ class MixSampler:
         return self._len
 
     def _locate(self, i: int) -> tuple[int, int, int, int]:
-        """(source id, block, epoch, phase id) of global block i."""
-        i = int(i)
-        if not -self._len <= i < self._len:
-            raise IndexError(f"block index {i} outside [0, {self._len})")
-        i %= self._len
-        starts = self._starts
-        p = bisect_right(starts, i) - 1 if len(starts) > 1 else 0
-        s, j = self.phases[p].draw(i - starts[p])
+        """(source id, block, epoch, phase id) of global block i.
+
+        The scalar path (`__getitem__`, `get`, `locate`, `provenance`), in plain ints: the
+        phase's draw (`draw_many` for one index) and, once a source epoch's round tables are
+        built, their rounds (`permute_in_range`'s) inline, with each phase's constants in one
+        tuple: a lookup is a few dozen Python operations, and a call, attribute or dict lookup
+        less is measurable (BENCHMARKS.md, "Sampler"). Tested against `locate_many`."""
+        if i.__class__ is not int:
+            i = int(i)
+        if not 0 <= i < self._len:
+            if not -self._len <= i < 0:
+                raise IndexError(f"block index {i} outside [0, {self._len})")
+            i += self._len
+        p = bisect_right(self._starts, i) - 1 if self._phased else 0
+        start, period, source_of, rank_of, drawn_before, counts = self._draw_consts[p]
+        m, r = divmod(i - start, period)
+        s = source_of[r]
         n = self.source_blocks[s]
-        epoch, k = divmod(j, n)
-        cached = self._keys[s]  # (epoch, its round keys): replaced whole, so threads may share it
-        if cached[0] != epoch:
+        epoch, k = divmod(drawn_before[s] + m * counts[s] + rank_of[r], n)
+        cached = self._perms[s]  # (epoch, keys, tables or None): replaced whole, threads share it
+        if cached[0] != epoch or cached[2] is None or (rounds := cached[2].rounds) is None:
+            return s, self._permute(s, epoch, k), epoch, p
+        a, b, t0, t1, t2, t3 = rounds
+        while True:
+            hi, lo = divmod(k, b)
+            hi, lo = lo, (hi + t0[lo]) % a
+            hi, lo = lo, (hi + t1[lo]) % b
+            hi, lo = lo, (hi + t2[lo]) % a
+            k = lo * b + (hi + t3[lo]) % b
+            if k < n:
+                return s, k, epoch, p
+
+    def _permute(self, s: int, epoch: int, k: int) -> int:
+        """Position k of source s's permutation in `epoch` through `permute_in_range`: the
+        first lookup of an epoch, and every lookup of one without (or before) round tables."""
+        cached, n = self._perms[s], self.source_blocks[s]
+        if cached[0] == epoch:
+            keys = cached[1]
+        else:
             keys = epoch_keys(self.spec.seed, self.source_names[s], epoch)
-            cached = self._keys[s] = (epoch, keys)
-        return s, permute_in_range(k, n, cached[1]), epoch, p
+        block = permute_in_range(k, n, keys)
+        self._perms[s] = (epoch, keys, round_tables(n, keys))
+        return block
 
     def locate(self, i: int) -> BlockRef:
         """Which block of which source is global block i."""
@@ -612,7 +649,7 @@ class MixSampler:
     def __getitem__(self, i: int) -> np.ndarray:
         """Tokens of global block i: `seq_len + 1` ids in the stores' dtype, a new array."""
         s, block, _, _ = self._locate(i)
-        return self._readers[s].slice(block).astype(self.dtype)
+        return self._readers[s].read(block)
 
     def get(self, i: int, positions: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Tokens of block i, and with `positions` also ids restarting at each document start."""
@@ -620,7 +657,7 @@ class MixSampler:
             return self[i]
         s, block, _, _ = self._locate(i)
         reader = self._readers[s]
-        return reader.slice(block).astype(self.dtype), reader.positions(block)
+        return reader.read(block), reader.positions(block)
 
     def read_many(self, indices: Iterable[int] | np.ndarray, positions: bool = False) -> Blocks:
         """Blocks of many global indices at once (the loaders' path)."""

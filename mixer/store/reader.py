@@ -150,7 +150,9 @@ class Shard:
     def unmap(self) -> None:
         self._maps = {}
 
-    def _get(self, kind: str) -> Any:
+    def mapped(self, kind: str) -> Any:
+        """The array of `kind` ("tokens", "index" or "records"), mapping it on first use: what
+        the properties return, without a property's call overhead (the sampler's hot path)."""
         maps = self._maps
         value = maps.get(kind)
         if value is None:
@@ -189,17 +191,17 @@ class Shard:
     @property
     def records(self) -> np.ndarray | None:
         """Each document's record number within its task (NAME.rec), or None without one."""
-        return None if self.rec_path is None else self._get("records")
+        return None if self.rec_path is None else self.mapped("records")
 
     @property
     def index(self) -> Index:
         """The parsed .idx, checked on first use (see the class docstring)."""
-        return self._get("index")
+        return self.mapped("index")
 
     @property
     def tokens(self) -> np.ndarray:
         """The shard's tokens in the manifest's dtype, a read-only view of the mapped .bin."""
-        return self._get("tokens")
+        return self.mapped("tokens")
 
 
 class TokenStore:
