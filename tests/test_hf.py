@@ -15,6 +15,7 @@ from test_sampler import make_store, spec_for
 
 from mixer.errors import MixerError
 from mixer.mix.sampler import MixSampler
+from mixer.mix.spec import MixSpec
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -244,3 +245,130 @@ def test_bos_puts_bos_before_each_document_in_input_ids_and_keeps_eos_in_labels(
     assert replaced > 0
     with pytest.raises(MixerError, match="leave loss_mask off"):
         MixedTrainDataset(sampler, loss_mask=True, bos_id=999)
+
+
+# ---------------------------------------------------------------------------- steering
+
+
+class Steer(transformers.TrainerCallback):
+    """Calls trainer.set_weights(weights, at_step) after optimizer step `after` (0-based);
+    records the refusal instead when it raises."""
+
+    def __init__(self, trainer, after, weights, at_step):
+        self.trainer, self.after, self.weights, self.at_step = trainer, after, weights, at_step
+        self.refusal = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step - 1 == self.after:
+            try:
+                self.trainer.set_weights(self.weights, self.at_step)
+            except MixerError as e:
+                self.refusal = str(e)
+
+
+def amended_steps(sampler, *changes, steps=6):
+    for weights, at_step in changes:
+        sampler = sampler.amended(weights, at_step * 4)
+    return [[sampler[i].tolist() for i in range(s * 4, s * 4 + 4)] for s in range(steps)]
+
+
+def test_set_weights_during_training_applies_from_its_step_and_resumes_byte_identically(
+    sampler, tmp_path
+):
+    weights = {"b": 1.0}
+    full = model()
+    trainer = MixedTrainer(
+        model=full, args=args(tmp_path / "a"), train_dataset=MixedTrainDataset(sampler)
+    )
+    past = Steer(trainer, after=1, weights=weights, at_step=1)  # step 1 was trained on
+    trainer.add_callback(past)
+    trainer.add_callback(Steer(trainer, after=0, weights=weights, at_step=3))
+    trainer.train()
+    assert "is not in [" in past.refusal and "already handed out" in past.refusal
+    expected = amended_steps(sampler, (weights, 3))
+    assert full.seen == expected
+    assert full.seen[3] != [sampler[i].tolist() for i in range(12, 16)]
+    saved = json.loads((tmp_path / "a" / "checkpoint-3" / "mixer_state.json").read_text())
+    assert saved["step"] == 3 and saved["samples"] == 12
+    assert saved["steering"]["amendments"] == [{"at_block": 12, "weights": weights}]
+    # a trainer built from the original, unsteered sampler continues byte-identically
+    resumed = model()
+    trainer = MixedTrainer(
+        model=resumed, args=args(tmp_path / "a"), train_dataset=MixedTrainDataset(sampler)
+    )
+    trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    assert resumed.seen == expected[3:]
+    # a spec edited before the checkpoint is refused
+    data = sampler.spec.to_dict()
+    data["source"][0]["weight"], data["source"][1]["weight"] = 0.5, 0.5
+    edited = MixSampler(MixSpec.from_dict(data))
+    trainer = MixedTrainer(
+        model=model(), args=args(tmp_path / "a"), train_dataset=MixedTrainDataset(edited)
+    )
+    with pytest.raises(MixerError, match="fingerprint: the spec's plan"):
+        trainer.train(resume_from_checkpoint=True)  # the last checkpoint, checkpoint-6
+
+
+def test_with_dataloader_workers_set_weights_works_before_train_and_is_refused_during_it(
+    sampler, tmp_path
+):
+    weights = {"b": 1.0}
+    m = model()
+    trainer = MixedTrainer(
+        model=m,
+        args=args(tmp_path, dataloader_num_workers=2, save_strategy="no"),
+        train_dataset=MixedTrainDataset(sampler),
+    )
+    trainer.set_weights(weights, at_step=2)  # before train() forks the workers
+    during = Steer(trainer, after=1, weights={"a": 1.0}, at_step=5)
+    trainer.add_callback(during)
+    trainer.train()
+    assert m.seen == amended_steps(sampler, (weights, 2))
+    assert during.refusal.startswith("set_weights: DataLoader workers may hold copies")
+    from mixer.mix.policy import ExcessLossPolicy
+
+    policy = ExcessLossPolicy(sampler.source_names, {"a": 0.75, "b": 0.25}, every=2)
+    with pytest.raises(MixerError, match="use dataloader_num_workers=0"):
+        trainer.set_policy(policy)
+
+
+def policy_run(sampler, out, resume=None):
+    from mixer.mix.policy import ExcessLossPolicy
+
+    m = model()
+    dataset = MixedTrainDataset(sampler)
+    trainer = MixedTrainer(model=m, args=args(out), train_dataset=dataset)
+    # a's reference loss is out of reach: only b has excess loss, so b gains max_change each time
+    policy = ExcessLossPolicy(
+        sampler.source_names,
+        {"a": 0.75, "b": 0.25},
+        every=2,
+        reference_losses={"a": 100.0},
+        eta=5.0,
+        max_change=0.2,
+    )
+    trainer.set_policy(policy)
+    trainer.train(resume_from_checkpoint=resume)
+    return m, dataset, policy
+
+
+def test_a_policy_fed_by_the_trainer_s_per_source_losses_resumes_with_the_same_weights(
+    sampler, tmp_path
+):
+    full, dataset, policy = policy_run(sampler, tmp_path)
+    amendments = [a.to_dict() for a in dataset.sampler.amendments]
+    # proposals after steps 1, 3, 5, each from the first step the trainer had not fetched
+    assert [a["weights"]["b"] for a in amendments] == pytest.approx([0.45, 0.65, 0.85])
+    starts = [a["at_block"] // 4 for a in amendments]
+    assert starts == sorted(starts) and starts[0] >= 2
+    assert full.seen == amended_steps(
+        sampler, *[(a["weights"], a["at_block"] // 4) for a in amendments]
+    )
+    saved = json.loads((tmp_path / "checkpoint-3" / "mixer_state.json").read_text())
+    assert len(saved["steering"]["amendments"]) == 1 and saved["policy"]["updates"] == 1
+    resumed, again, policy_again = policy_run(
+        sampler, tmp_path, resume=str(tmp_path / "checkpoint-3")
+    )
+    assert resumed.seen == full.seen[3:]
+    assert [a.to_dict() for a in again.sampler.amendments] == amendments
+    assert policy_again.state_dict() == policy.state_dict()

@@ -25,6 +25,23 @@ token loss of that source's rows since the previous log, summed over all process
 process logs the same). It needs the model to return ``logits``; a source with no rows in the
 window is left out of that log.
 
+Steering: `MixedTrainer.set_weights(weights, at_step)` (or `MixedTrainDataset.set_weights`)
+mixes by `weights` from global step `at_step`: blocks [at_step x G, ...) for G =
+per_device_train_batch_size x processes x gradient_accumulation_steps. at_step must not be
+before the next step whose blocks this process has not fetched (the Trainer fetches a step's
+micro-batches up front, and accelerate one batch more), and call it on every process alike
+(e.g. from a `TrainerCallback`). With ``dataloader_num_workers > 0`` the workers hold copies of
+the dataset, so it works only before `train()` starts them and is refused after
+(`mixer.mix.copies`). `MixedTrainer.set_policy(policy)` feeds an online policy
+(`mixer.mix.policy`) every optimizer step with that step's per-source token-loss sums and token
+counts, summed over processes, and applies its proposals the same way (so it needs
+dataloader_num_workers=0). Every checkpoint holds ``mixer_state.json`` (`STATE_FILE`): a
+`LoaderState` dict at the checkpoint's step with the steering, a fingerprint of the plan
+before it and the policy's state; `train(resume_from_checkpoint=...)` loads it before any data
+is read, so a trainer built from the original spec continues byte-identically (and refuses a
+spec edited before the checkpoint). `mixer explain --state checkpoint-N/mixer_state.json`
+reads it too.
+
 Refused, in one line each: a dataset that shards itself (rank/world_size set) under more than
 one process (accelerate shards it again: double sharding silently drops data),
 ``ignore_data_skip=True`` (resume would replay from block 0), ``dataloader_in_order=False``.
@@ -32,27 +49,110 @@ one process (accelerate shards it again: double sharding silently drops data),
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, SequentialSampler
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from mixer.errors import MixerError
+from mixer.mix.copies import CopyGuard
 from mixer.mix.extras import check_bos, with_bos
+from mixer.mix.loader import BatchIterator, LoaderState
 from mixer.mix.sampler import MixSampler, check_global_batch
+from mixer.mix.torch import check_not_copied
+
+STATE_FILE = "mixer_state.json"  # in each checkpoint folder, next to trainer_state.json
 
 
 class MixedTrainDataset(Dataset):
     """Global block i as {"input_ids", "labels"} (int64, seq_len + 1 tokens each) and "source"
-    (int64 id into `sampler.source_names`), in order."""
+    (int64 id into `sampler.source_names`), in order.
 
-    def __init__(self, sampler: MixSampler, loss_mask: bool = False, bos_id: int | None = None):
-        self.sampler = sampler
+    `global_batch_size` (blocks per optimizer step; default the spec's, and `MixedTrainer`
+    sets its own) is needed only to steer by step (module docstring)."""
+
+    def __init__(
+        self,
+        sampler: MixSampler,
+        loss_mask: bool = False,
+        bos_id: int | None = None,
+        global_batch_size: int | None = None,
+    ):
+        self._sampler = sampler
         self.loss_mask = loss_mask
         self.bos_id = bos_id
         self.eos_id = check_bos(sampler, bos_id, loss_mask)
+        self.global_batch_size = global_batch_size or sampler.spec.global_batch_size
+        if global_batch_size is not None:
+            check_global_batch(sampler.spec, global_batch_size, "global_batch_size")
+        self._steps: BatchIterator | None = None  # steering and state, once G is known
+        self._fetched = 0  # one past the highest block this copy has read
+        self._copies = CopyGuard()
+
+    @property
+    def sampler(self) -> MixSampler:
+        """The current (possibly amended) sampler."""
+        return self._sampler if self._steps is None else self._steps.sampler
+
+    def use_global_batch_size(self, global_batch_size: int) -> None:
+        """Steer by steps of `global_batch_size` blocks (`MixedTrainer` passes its own)."""
+        if self.global_batch_size not in (None, global_batch_size):
+            raise MixerError(
+                f"MixedTrainDataset: global_batch_size {self.global_batch_size}, but the trainer "
+                f"steps by {global_batch_size} blocks; make them equal"
+            )
+        self.global_batch_size = global_batch_size
+
+    def steps(self) -> BatchIterator:
+        """The global steps of G blocks, whose next step is the first this copy has not read."""
+        if self._steps is None:
+            if self.global_batch_size is None:
+                raise MixerError(
+                    "MixedTrainDataset: steering counts steps, so it needs global_batch_size "
+                    "(pass it, give the spec one, or train with MixedTrainer)"
+                )
+            self._steps = BatchIterator(self._sampler, self.global_batch_size)
+        g = self._steps.global_batch_size
+        self._steps.step = max(self._steps.step, -(-self._fetched // g))
+        return self._steps
+
+    def set_weights(self, weights: dict[str, float], at_step: int) -> None:
+        """Mix by `weights` from global step `at_step` (`BatchIterator.set_weights`)."""
+        check_not_copied(self._copies, "set_weights")
+        self.steps().set_weights(weights, at_step)
+
+    def set_policy(self, policy: Any) -> None:
+        self.steps().set_policy(policy)
+
+    def report_loss(self, step: int, loss_sums: Any, counts: Any) -> dict[str, float] | None:
+        """`BatchIterator.report_loss`: applies a due proposal from the next unread step."""
+        check_not_copied(self._copies, "report_loss")
+        return self.steps().report_loss(step, loss_sums, counts)
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """The `LoaderState` dict of a run that has trained on global steps [0, step)."""
+        steps = self.steps()
+        samples = step * steps.global_batch_size
+        state = steps.state()
+        return LoaderState(
+            step,
+            samples,
+            steps.global_batch_size,
+            steering=state.steering,
+            fingerprint=self.sampler.fingerprint(samples),
+            policy=state.policy,
+        ).to_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`'s steering and policy state (`BatchIterator.load_state_dict`)."""
+        steps = self.steps()
+        steps.load_state_dict(state)
+        self._fetched = max(self._fetched, steps.sample_of(steps.step))
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -62,6 +162,8 @@ class MixedTrainDataset(Dataset):
 
     def __getitems__(self, items: list[int]) -> list[dict[str, torch.Tensor]]:
         index = np.asarray(items, dtype=np.int64)
+        if index.size:  # read: these steps can no longer change
+            self._fetched = max(self._fetched, int(index.max()) + 1)
         blocks = self.sampler.read_many(index, self.loss_mask or self.bos_id is not None)
         tokens = torch.from_numpy(blocks.tokens.astype(np.int64))
         sources = torch.from_numpy(blocks.sources.astype(np.int64))
@@ -78,14 +180,97 @@ class MixedTrainDataset(Dataset):
         ]
 
 
+class _FeedPolicy(TrainerCallback):
+    """Hands each optimizer step's per-source losses to `MixedTrainer`'s policy."""
+
+    def __init__(self, trainer: MixedTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._feed_policy(state.global_step - 1)
+
+
 class MixedTrainer(Trainer):
     """`Trainer` that consumes its train dataset in order and refuses what breaks exact resume;
-    `per_source_loss=True` logs ``loss/<source name>`` (module docstring)."""
+    `per_source_loss=True` logs ``loss/<source name>``; `set_weights`, `set_policy` steer the
+    mix and every checkpoint saves the steering (module docstring)."""
 
     def __init__(self, *args: Any, per_source_loss: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.per_source_loss = per_source_loss
+        self.policy: Any = None
         self._source_loss: torch.Tensor | None = None  # (2, sources): token-loss sums, counts
+        self._step_loss: torch.Tensor | None = None  # the same for the policy, per step
+
+    # -- steering
+    def _steered(self, what: str) -> MixedTrainDataset:
+        dataset = self.train_dataset
+        if not isinstance(dataset, MixedTrainDataset):
+            raise MixerError(f"MixedTrainer.{what}: needs train_dataset=MixedTrainDataset(...)")
+        args = self.args
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        dataset.use_global_batch_size(per_step * args.world_size)
+        return dataset
+
+    def set_weights(self, weights: dict[str, float], at_step: int) -> None:
+        """Mix by `weights` from global step `at_step` on every process (module docstring)."""
+        self._steered("set_weights").set_weights(weights, at_step)
+
+    def set_policy(self, policy: Any) -> None:
+        """Feed `policy` every optimizer step and apply its proposals (module docstring);
+        its state is saved in each checkpoint. Attach it before `train()`."""
+        dataset = self._steered("set_policy")
+        if self.args.dataloader_num_workers > 0:
+            raise MixerError(
+                "MixedTrainer.set_policy: the policy changes weights during training, which "
+                "DataLoader workers (dataloader_num_workers > 0) would not see; use "
+                "dataloader_num_workers=0"
+            )
+        dataset.set_policy(policy)
+        self.policy = policy
+        self.add_callback(_FeedPolicy(self))
+
+    def _feed_policy(self, step: int) -> None:
+        if self._step_loss is None:  # no training batch reached compute_loss
+            return
+        sums, counts = self.accelerator.reduce(self._step_loss.clone(), "sum").tolist()
+        self._step_loss.zero_()
+        self.train_dataset.report_loss(step, sums, counts)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """`Trainer.train`, restoring the checkpoint's `STATE_FILE` before any data is read."""
+        if isinstance(self.train_dataset, MixedTrainDataset):
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint:
+                self._load_mixer_state(str(checkpoint))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_mixer_state(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, STATE_FILE)
+        if not os.path.exists(path):
+            if self.policy is not None or self.train_dataset.sampler.amendments:
+                raise MixerError(
+                    f"MixedTrainer: {checkpoint} has no {STATE_FILE}, so its steering and "
+                    "policy state are unknown; resume from a checkpoint MixedTrainer saved"
+                )
+            return  # a checkpoint of an unsteered run saved before mixer kept one
+        with open(path) as f:
+            state = json.load(f)
+        self._steered("resume").load_state_dict(state)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        dataset = self.train_dataset
+        if not (isinstance(dataset, MixedTrainDataset) and self.args.should_save):
+            return
+        self._steered("checkpoint")
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        path = os.path.join(self._get_output_dir(trial=trial), folder, STATE_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(dataset.state_dict(self.state.global_step), f, indent=1)
+        os.replace(path + ".tmp", path)
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -104,7 +289,8 @@ class MixedTrainer(Trainer):
         num_items_in_batch: Any = None,
     ) -> Any:
         source = inputs.pop("source", None)
-        if not (self.per_source_loss and model.training and source is not None):
+        wanted = self.per_source_loss or self.policy is not None
+        if not (wanted and model.training and source is not None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         logits = outputs.get("logits") if isinstance(outputs, dict) else None
@@ -123,14 +309,15 @@ class MixedTrainer(Trainer):
         per_token = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
         )
-        if self._source_loss is None:
-            names = self.train_dataset.sampler.source_names
-            self._source_loss = torch.zeros(
-                2, len(names), dtype=torch.float64, device=logits.device
-            )
+        k = len(self.train_dataset.sampler.source_names)
         source = source.to(logits.device)
-        self._source_loss[0].index_add_(0, source, per_token.sum(1).double())
-        self._source_loss[1].index_add_(0, source, (targets != -100).sum(1).double())
+        step = torch.zeros(2, k, dtype=torch.float64, device=logits.device)
+        step[0].index_add_(0, source, per_token.sum(1).double())
+        step[1].index_add_(0, source, (targets != -100).sum(1).double())
+        if self.per_source_loss:
+            self._source_loss = step if self._source_loss is None else self._source_loss + step
+        if self.policy is not None:
+            self._step_loss = step if self._step_loss is None else self._step_loss + step
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.per_source_loss and "loss" in logs and self._source_loss is not None:
