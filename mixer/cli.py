@@ -7,17 +7,26 @@ printed by click with the usage line, as argparse and click tools do; 130 interr
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import re
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from inspect import signature
+from typing import Annotated, Any
 
 import typer
 
 from mixer.errors import JobError, MixerError
 
-_FLAGS = {"inputs": "INPUTS", "chunk_bytes": "--chunk-mb (in bytes)"}  # TokenizeJob fields
+# Library parameters a command spells otherwise than `--name-with-dashes` (see `command`).
+_FLAGS = {
+    "tokenize": {"inputs": "INPUTS", "chunk_bytes": "--chunk-mb (in bytes)"},
+    "peek": {"inputs": "INPUTS", "max_files": "--files"},
+    "plan": {"pilot_csv": "--pilot", "finetune_tokens": "--total-tokens"},
+}
 
 app = typer.Typer(
     name="mixer",
@@ -33,6 +42,56 @@ app = typer.Typer(
 EXIT_ERROR = 1  # a MixerError: the one-line message says what to do
 EXIT_USAGE = 2  # click's usage errors (unknown option, missing argument)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def command(**settings: Any) -> Callable[[Callable], Callable]:
+    """`app.command`, whose `MixerError`s name the command's flags instead of the library's
+    parameters (`cli_message`): a parameter `text_field` is the flag `--text-field`."""
+
+    def register(f: Callable) -> Callable:
+        flags = {name: "--" + name.replace("_", "-") for name in signature(f).parameters}
+        flags.update(_FLAGS.get(f.__name__, {}))
+
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            _Format.flags = flags
+            try:
+                return f(*args, **kwargs)
+            except MixerError as e:
+                e.args = (cli_message(e, flags),)
+                raise
+            finally:
+                _Format.flags = {}
+
+        return app.command(**settings)(run)
+
+    return register
+
+
+def cli_message(error: MixerError, flags: dict[str, str]) -> str:
+    """`error`'s message with each parameter it names (`error.params`, written `name=` or, for a
+    `JobError`, leading as `name:`) spelled as its flag (`spell_flags`)."""
+    message = str(error)
+    if isinstance(error, JobError) and error.field in flags:
+        message = flags[error.field] + message[len(error.field) :]
+    return spell_flags(message, error.params, flags)
+
+
+def spell_flags(message: str, params: tuple[str, ...], flags: dict[str, str]) -> str:
+    """`message` with each `name=` of `params` spelled as its flag: `format='xml' is not one of
+    ...` -> `--format 'xml' is not one of ...`, `pass all_splits=True` -> `pass --all-splits`.
+    Parameters this command has no flag for (a recipe's TOML keys) stay as they are."""
+    for name in params:
+        if name not in flags:
+            continue
+
+        def flag(m: re.Match, name: str = name) -> str:
+            after = m.string[m.end() : m.end() + 1]  # a value follows unless space or punctuation
+            value_follows = m.group(1) is None and after not in ("", *" );,.:")
+            return flags[name] + (" " if value_follows else "")
+
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}=(True\b)?", flag, message)
+    return message
 
 
 def examples(*lines: str) -> str:
@@ -102,7 +161,7 @@ def options(
         os.environ[cache.MAX_BYTES_ENV] = str(int(cache_max_bytes))  # reaches every open
 
 
-@app.command(
+@command(
     epilog=examples(
         "mixer tokenize pipelines/samples/fineweb pipelines/samples/dclm "
         "-t pipelines/tokenizer.json -o stores/web",
@@ -244,32 +303,28 @@ def tokenize(
     from mixer.ingest.driver import tokenize as run_tokenize
     from mixer.ingest.job import TokenizeJob
 
-    try:
-        job = TokenizeJob(
-            inputs=tuple(inputs),
-            tokenizer=tokenizer,
-            out=out,
-            format=format,
-            text_field=text_field,
-            txt_mode=txt_mode,
-            on_error=on_error,
-            where=tuple(where or ()),
-            eos_token=eos_token,
-            no_eos=no_eos,
-            workers=workers,
-            ray_address=ray_address,
-            chunk_bytes=chunk_mb << 20,
-            backend=backend,
-            cache_dir=cache_dir,
-            storage_options=parse_json_option(storage_options, "--storage-options"),
-            include=tuple(include or ()),
-            exclude=tuple(exclude or ()),
-            all_splits=all_splits,
-            **({} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}),
-        )
-    except JobError as e:  # name the flag, not the field
-        flag = _FLAGS.get(e.field, "--" + e.field.replace("_", "-"))
-        raise MixerError(f"{flag}: {e.problem}") from None
+    job = TokenizeJob(
+        inputs=tuple(inputs),
+        tokenizer=tokenizer,
+        out=out,
+        format=format,
+        text_field=text_field,
+        txt_mode=txt_mode,
+        on_error=on_error,
+        where=tuple(where or ()),
+        eos_token=eos_token,
+        no_eos=no_eos,
+        workers=workers,
+        ray_address=ray_address,
+        chunk_bytes=chunk_mb << 20,
+        backend=backend,
+        cache_dir=cache_dir,
+        storage_options=parse_json_option(storage_options, "--storage-options"),
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        all_splits=all_splits,
+        **({} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}),
+    )
     if dry_run:
         plan = run_tokenize(job, dry_run=True)
         typer.echo(json.dumps(plan, indent=2) if as_json else format_plan(plan))
@@ -295,7 +350,7 @@ def format_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command(
+@command(
     epilog=examples("mixer peek pipelines/samples/musicpile/data --field src --limit 5000"),
 )
 def peek(
@@ -343,7 +398,7 @@ def peek(
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_peek(report))
 
 
-@app.command(
+@command(
     epilog=examples(
         "mixer inspect stores/web",
         "mixer inspect stores/proofpile --sample 3 --tokenizer pipelines/tokenizer.json",
@@ -380,7 +435,7 @@ def inspect(
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
-@app.command(epilog=examples("mixer verify stores/web"))
+@command(epilog=examples("mixer verify stores/web"))
 def verify(
     store: Annotated[str, typer.Argument(metavar="STORE", help="Token store directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -406,7 +461,7 @@ def verify(
     )
 
 
-@app.command(
+@command(
     epilog=examples(
         "mixer mix pipelines/quickstart-mix.toml --report",
         "mixer mix pipelines/quickstart-mix.toml --export out/mixed --start 0 --stop 1000",
@@ -470,7 +525,7 @@ def mix(
         typer.echo(text)
 
 
-@app.command(
+@command(
     epilog=examples(
         "mixer explain pipelines/quickstart-mix.toml --step 120 --global-batch-size 8",
         "mixer explain pipelines/quickstart-mix.toml --step 12 --global-batch-size 64 "
@@ -527,7 +582,7 @@ def explain(
     typer.echo(format_rows(rows))
 
 
-@app.command(
+@command(
     epilog=examples(
         "mixer run pipelines/spt-proofpile.toml --out out/spt",
         "mixer run pipelines/spt-proofpile.toml --out out/spt "
@@ -596,7 +651,7 @@ def run(
     )
 
 
-@app.command(
+@command(
     epilog=examples(
         "mixer plan --domain-tokens 300M --total-tokens 200B --max-repeats 50",
         "mixer plan --pilot pipelines/pilot-example.csv --total-tokens 200B --plot p.png",
@@ -695,12 +750,16 @@ class _StderrHandler(logging.StreamHandler):
 
 class _Format(logging.Formatter):
     """`mixer tokenize: ...` for the tokenize pipeline's lines, `mixer: ...` for the rest, and
-    `warning: ` before a warning's message."""
+    `warning: ` before a warning's message; parameters a line names (`params`, as on a
+    `MixerError`) spelled as the running command's `flags`."""
+
+    flags: dict[str, str] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         who = "mixer tokenize" if record.name.startswith("mixer.ingest") else "mixer"
         level = "warning: " if record.levelno >= logging.WARNING else ""
-        return f"{who}: {level}{record.getMessage()}"
+        message = spell_flags(record.getMessage(), getattr(record, "params", ()), self.flags)
+        return f"{who}: {level}{message}"
 
 
 def configure_logging() -> None:

@@ -6,7 +6,18 @@ keeps its traceback.
 
 
 class MixerError(Exception):
-    """Bad input, bad config or a damaged store: the message is shown to the user as is."""
+    """Bad input, bad config or a damaged store: the message is shown to the user as is.
+
+    `params` lists the call's parameters (keyword arguments, also the TOML keys) that the
+    message names, each written `name=` (`format='xml' is not one of ...`, `pass format=`,
+    `all_splits=True`): a front end that spells them otherwise rewrites exactly those, as the
+    CLI does with its flags (`mixer.cli.cli_message`). A library message names no CLI flag; a
+    log line that names parameters carries them the same way (`extra={"params": (...)}`).
+    """
+
+    def __init__(self, message: str = "", *, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
 
 
 class InputError(MixerError):
@@ -27,9 +38,10 @@ class Interrupted(KeyboardInterrupt):
 
 
 class JobError(MixerError):
-    """A `TokenizeJob` field is invalid; `field` names it and the message starts with it."""
+    """A `TokenizeJob` field is invalid; `field` names it and the message starts with it
+    (`field: problem`); `params` are the fields the message names, `field` first."""
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: str, problem: str, *, params: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{field}: {problem}", params=(field, *params))
         self.field = field
         self.problem = problem

@@ -100,7 +100,7 @@ class ForgettingLaw:
         """The smallest p >= 0 whose forgetting is at most `tolerance` (may be >= 1: none is
         small enough)."""
         if not tolerance > 0:
-            raise MixerError(f"--tolerance must be positive, got {tolerance}")
+            raise MixerError(f"tolerance={tolerance}: must be positive", params=("tolerance",))
         if float(self.forgetting(model_params, finetune_tokens, 0.0)) <= tolerance:
             return 0.0
         n, d = model_params / UNIT, finetune_tokens / UNIT
@@ -161,7 +161,7 @@ def fit_forgetting_law(
     model_params, finetune_tokens, fractions, losses, restarts: int = 16, seed: int = 0
 ) -> ForgettingFit:
     """Least-squares fit of the forgetting law to pilot runs, refusing unidentifiable data."""
-    require("scipy.optimize", "--injection (the forgetting-law fit)", "plan")
+    require("scipy.optimize", "the forgetting-law fit", "plan")
     if restarts < 1:
         raise MixerError(f"restarts must be at least 1, got {restarts}")
     n, d, p, y = _check_points(model_params, finetune_tokens, fractions, losses)

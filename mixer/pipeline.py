@@ -126,7 +126,10 @@ def run_pipeline(
     base, out_dir = Path(path).resolve().parent, Path(out).resolve()
     for name in inputs or {}:
         if name not in recipe.stores:
-            raise MixerError(f"--input {name}=...: the pipeline has no store {name!r}")
+            raise MixerError(
+                f"inputs for store {name!r}: the pipeline has no such store "
+                f"(it has {', '.join(recipe.stores)})"
+            )
     jobs = store_jobs(path, recipe, out_dir, inputs or {}, workers, ray_address)
     plans: dict[str, Any] = {}
     stores: dict[str, Any] = {}
@@ -148,7 +151,7 @@ def run_pipeline(
         except MixerError as e:
             if not expects:
                 raise
-            hint = f"--input {name}=ROOT, ROOT a download of " + " or ".join(expects)
+            hint = "its input: a download of " + " or ".join(expects)
             raise type(e)(f"stores.{name} ({hint}): {e}") from None
 
     if dry_run:

@@ -123,7 +123,7 @@ def format_repeat_table(rows: list[dict], max_repeats: float | None) -> str:
         largest = max_repeats * over[0]["fraction"] / over[0]["epochs"]
         lines.append(
             f"warning: {', '.join(percent(r['fraction']) for r in over)} would repeat the domain "
-            f"more than --max-repeats {max_repeats:g} times; the largest fraction under the cap "
+            f"more than the cap of {max_repeats:g} times; the largest fraction under the cap "
             f"is {percent(largest)}"
         )
     return "\n".join(lines)
@@ -135,11 +135,13 @@ def percent(f: float) -> str:
 
 def _check_counts(domain_tokens: int, total_tokens: int, max_repeats: float | None) -> None:
     if domain_tokens <= 0:
-        raise MixerError(f"--domain-tokens must be positive, got {domain_tokens}")
+        raise MixerError(
+            f"domain_tokens={domain_tokens}: must be positive", params=("domain_tokens",)
+        )
     if total_tokens <= 0:
-        raise MixerError(f"--total-tokens must be positive, got {total_tokens}")
+        raise MixerError(f"total_tokens={total_tokens}: must be positive", params=("total_tokens",))
     if max_repeats is not None and not max_repeats > 0:
-        raise MixerError(f"--max-repeats must be positive, got {max_repeats}")
+        raise MixerError(f"max_repeats={max_repeats}: must be positive", params=("max_repeats",))
 
 
 def _check_fraction(f: float) -> None:
@@ -278,7 +280,7 @@ def fit_spt_law(tokens, fractions, losses, restarts: int = 16, seed: int = 0) ->
     Restarts draw random starting points (from `seed`) and keep the lowest residual; the
     standard errors come from the Jacobian at that optimum.
     """
-    require("scipy.optimize", "--pilot (the scaling-law fit)", "plan")
+    require("scipy.optimize", "the scaling-law fit", "plan")
 
     if restarts < 1:
         raise MixerError(f"restarts must be at least 1, got {restarts}")
@@ -431,7 +433,7 @@ def plot_prediction(
 ) -> None:
     """Predicted loss vs fraction at the target budget (bold) and at each pilot budget, with the
     pilot points, so the fit and the extrapolation can be judged by eye."""
-    Figure = matplotlib_figure("--plot", extra="plan")
+    Figure = matplotlib_figure("plotting the fit", extra="plan")
     best, loss = recommend_fraction(law, target_tokens)
     lo, hi = best / 30, min(0.5, best * 10)
     seen = [law.predict(target_tokens, lo), loss]
@@ -571,18 +573,19 @@ def run_injection_plan(
 
     if pilot_csv is None:
         raise MixerError(
-            "--injection needs --pilot CSV with columns model_params,finetune_tokens,"
-            "injection_fraction,pretrain_loss"
+            "pilot_csv= is needed: a CSV with columns model_params,finetune_tokens,"
+            "injection_fraction,pretrain_loss",
+            params=("pilot_csv",),
         )
     if not finetune_tokens > 0:
         raise MixerError(
-            f"--total-tokens (the finetuning tokens) must be positive, got {finetune_tokens:g}"
+            f"finetune_tokens={finetune_tokens:g}: must be positive", params=("finetune_tokens",)
         )
     points = load_injection_csv(pilot_csv)
     fit = fit_forgetting_law(*points)
     size = float(points[0].max()) if model_params is None else float(model_params)
     if not size > 0:
-        raise MixerError(f"--model-params must be positive, got {size:g}")
+        raise MixerError(f"model_params={size:g}: must be positive", params=("model_params",))
     rec = injection_report(fit, size, float(finetune_tokens), tolerance)
     if as_json:
         return json.dumps({"fit": fit.to_dict(), "recommendation": rec}, indent=2)
@@ -603,13 +606,17 @@ def run_plan(
     fraction (with --pilot), returned as text or JSON for the CLI to print; status is logged."""
     if domain_tokens is None and pilot_csv is None:
         raise MixerError(
-            "nothing to plan: give --domain-tokens for the repeat table, --pilot CSV for the "
-            "scaling-law fit, or both"
+            "nothing to plan: give domain_tokens= for the repeat table, pilot_csv= for the "
+            "scaling-law fit, or both",
+            params=("domain_tokens", "pilot_csv"),
         )
     if plot and pilot_csv is None:
-        raise MixerError("--plot needs --pilot: it draws the law fitted to the pilot runs")
+        raise MixerError(
+            "plot= needs pilot_csv=: it draws the law fitted to the pilot runs",
+            params=("plot", "pilot_csv"),
+        )
     if total_tokens <= 0:
-        raise MixerError(f"--total-tokens must be positive, got {total_tokens}")
+        raise MixerError(f"total_tokens={total_tokens}: must be positive", params=("total_tokens",))
     fractions = list(fractions) if fractions else list(PAPER_FRACTIONS)
     for f in fractions:
         _check_fraction(f)

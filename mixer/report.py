@@ -124,7 +124,7 @@ def plot_mix(
     against the phase's target (dashed), on a log axis so that a 2% source is as legible as a
     98% one; below, the epochs of each source used so far. x is in tokens; phase boundaries
     are drawn and named. Everything comes from `source_counts`, so no tokens are read."""
-    Figure = matplotlib_figure("--plot")
+    Figure = matplotlib_figure("plotting a mix")
     from matplotlib.ticker import FuncFormatter
 
     n = len(sampler)

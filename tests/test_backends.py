@@ -306,7 +306,7 @@ def test_a_missing_engine_is_a_refusal_and_a_clear_error(
     monkeypatch.setattr(encoders, probe, lambda: None)
     assert f"{engine} is not installed (pip install" in verify_backend(info, SAMPLE, backend)
     assert not encoders.engine_available(backend)
-    with pytest.raises(MixerError, match=f"^--backend {backend}: {engine} is not installed"):
+    with pytest.raises(MixerError, match=f"^backend='{backend}': {engine} is not installed"):
         make_encoder(info, backend)
 
 
@@ -327,9 +327,9 @@ def test_make_encoder_picks_the_named_backend(tokenizer_files):
     with pytest.raises(MixerError, match="expected 'hf', 'fast' or 'giga'"):
         make_encoder(info, "turbo")
     info = info_for(tokenizer_files, "unigram_metaspace")
-    with pytest.raises(MixerError, match="^--backend fast: fastokens cannot load .*NFKC"):
+    with pytest.raises(MixerError, match="^backend='fast': fastokens cannot load .*NFKC"):
         make_encoder(info, "fast")
-    with pytest.raises(MixerError, match='^--backend giga: gigatoken cannot load .*"Unigram"'):
+    with pytest.raises(MixerError, match="^backend='giga': gigatoken cannot load .*\"Unigram\""):
         make_encoder(info, "giga")
 
 

@@ -147,7 +147,7 @@ def test_mix_spec_given_to_run_and_recipe_given_to_mix_name_the_right_verb(works
     )
     code, _, err = cli(["mix", "pipelines/spt-proofpile.toml"], capsys)
     assert code == 1
-    assert "this is a pipeline recipe (it has 'mix'), not a mix spec: use `mixer run" in err
+    assert "(it has 'mix'), not a mix spec: run it as a pipeline (mixer run" in err
 
 
 def test_error_wording(workspace, capsys):
@@ -278,8 +278,7 @@ def test_plan_pilot_without_scipy_is_one_line_with_the_install_hint(monkeypatch,
     code, out, err = cli(argv, capsys)
     assert (code, out) == (1, "")
     assert err == (
-        "mixer: error: --pilot (the scaling-law fit) needs scipy: "
-        f"pip install '{DISTRIBUTION}[plan]'\n"
+        f"mixer: error: the scaling-law fit needs scipy: pip install '{DISTRIBUTION}[plan]'\n"
     )
 
 
@@ -491,3 +490,117 @@ def test_dry_run_plans_without_writing_and_json_summaries(workspace, capsys):
         == TokenStore.open("o/stores/proofpile").num_documents
     )
     assert set(result["outputs"]) == {"report", "mix", "mixed", "plot"}
+
+
+# Library errors name parameters (`format=`), the CLI its flags (`--format`): each case is the
+# library call, what its message says, the same mistake on the command line and what that says.
+FLAG = re.compile(r"(?<![\w-])--[a-z]")
+
+
+def flag_cases(tmp_path: Path, tokenizer: str) -> list[tuple]:
+    from mixer.ingest.driver import tokenize
+    from mixer.ingest.inputs import expand_inputs
+    from mixer.ingest.job import TokenizeJob
+    from mixer.ingest.peek import peek
+    from mixer.ingest.select import Selection
+    from mixer.plan import repeat_table, run_plan
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "a.jsonl").write_text('{"text": "hello world, a long enough record"}\n')
+    (data / "b.csv").write_text("x\n")
+    a, out = str(data / "a.jsonl"), str(tmp_path / "out")
+    job = {"inputs": [a], "tokenizer": tokenizer, "out": out, "workers": 0}
+    tok = ["tokenize", a, "-t", tokenizer, "-o", out, "--workers", "0"]
+    return [
+        (
+            lambda: expand_inputs([str(data)], format="xml"),
+            "format='xml' is not one of jsonl",
+            [*tok, "--format", "xml"],  # checked by TokenizeJob first: a JobError
+            "--format: 'xml' is not one of jsonl",
+        ),
+        (
+            lambda: expand_inputs([str(data / "b.csv")]),
+            "unknown format for",
+            ["tokenize", str(data / "b.csv"), "-t", tokenizer, "-o", out],
+            "; pass --format one of jsonl",
+        ),
+        (
+            lambda: TokenizeJob(**job, eos_token="</s>", no_eos=True),
+            "eos_token: cannot be given together with no_eos=True",
+            [*tok, "--eos-token", "</s>", "--no-eos"],
+            "--eos-token: cannot be given together with --no-eos",
+        ),
+        (
+            lambda: tokenize(TokenizeJob(**job, max_document_bytes=8)),
+            "(max_document_bytes=); raise the bound, or pass on_error='skip' to count",
+            [*tok, "--max-document-bytes", "8"],
+            "(--max-document-bytes); raise the bound, or pass --on-error 'skip' to count",
+        ),
+        (
+            lambda: tokenize(TokenizeJob(**job, where=("src == 'x'",))),
+            "where=\"src == 'x'\": field 'src' is missing",
+            [*tok, "--where", "src == 'x'"],
+            "--where \"src == 'x'\": field 'src' is missing",
+        ),
+        (
+            lambda: Selection(include=("/abs/*.jsonl",)),
+            "include='/abs/*.jsonl': patterns are relative",
+            [*tok, "--include", "/abs/*.jsonl"],
+            "--include '/abs/*.jsonl': patterns are relative",
+        ),
+        (
+            lambda: peek([a], limit=0),
+            "limit=0 and max_files=8: both must be at least 1",
+            ["peek", a, "--limit", "0"],
+            "--limit 0 and --files 8: both must be at least 1",
+        ),
+        (
+            lambda: repeat_table(0, 10**9, [0.01], None),
+            "domain_tokens=0: must be positive",
+            ["plan", "--domain-tokens", "0", "--total-tokens", "1B"],
+            "--domain-tokens 0: must be positive",
+        ),
+        (
+            lambda: run_plan(10**6, 10**9, None, None, None, None, "x.png", False),
+            "plot= needs pilot_csv=: it draws",
+            ["plan", "--domain-tokens", "1M", "--total-tokens", "1B", "--plot", "x.png"],
+            "--plot needs --pilot: it draws",
+        ),
+    ]
+
+
+def test_library_errors_name_parameters_and_the_cli_names_its_flags(
+    tmp_path, tokenizer_path, capsys
+):
+    for call, library, argv, command_line in flag_cases(tmp_path, tokenizer_path):
+        with pytest.raises(MixerError) as raised:
+            call()
+        message = str(raised.value)
+        assert library in message and not FLAG.search(message), message
+        code, _, err = cli(argv, capsys)
+        assert code == 1 and err.count("\n") == 1 and command_line in err, err
+        assert not re.search(r"\w=", err.replace(tokenizer_path, "")), err  # none left untold
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_recipe_s_errors_keep_its_toml_keys(tmp_path, tokenizer_path, capsys):
+    """`mixer run` has no --format: a store's `format` stays the recipe's key, not a flag."""
+    (tmp_path / "a.jsonl").write_text('{"text": "hello"}\n')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'name = "r"\ntokenizer = "{tokenizer_path}"\n'
+        f'[stores.a]\ninputs = ["{tmp_path / "a.jsonl"}"]\nformat = "xml"\n'
+        "[mix]\nseq_len = 8\nseed = 0\n[mix.sources.a]\nweight = 1.0\n"
+    )
+    code, _, err = cli(["run", str(recipe), "--out", str(tmp_path / "o"), "--workers", "0"], capsys)
+    assert code == 1 and "format: 'xml' is not one of" in err and "--format" not in err, err
+
+
+def test_log_lines_name_the_command_s_flags(tmp_path, tokenizer_path, capsys):
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        (tmp_path / "data" / split / "a.jsonl").write_text('{"text": "hello"}\n')
+    argv = ["tokenize", str(tmp_path / "data"), "-t", tokenizer_path, "-o", str(tmp_path / "o")]
+    code, _, err = cli([*argv, "--workers", "0"], capsys)
+    assert code == 0 and "an --include pattern, or pass --all-splits, to read them" in err, err

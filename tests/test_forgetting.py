@@ -86,7 +86,7 @@ def test_injection_is_zero_when_no_forgetting_exceeds_the_tolerance_and_none_whe
     fit = fit_forgetting_law(*pilot_runs())
     rec = injection_report(fit, 1.1e8, 1e12, 1e-4)
     assert rec["fraction"] is None and "no injection fraction below 100%" in rec["warnings"][0]
-    with pytest.raises(MixerError, match="--tolerance must be positive"):
+    with pytest.raises(MixerError, match="^tolerance=0.0: must be positive"):
         TRUE.injection_for(1.3e9, 2e9, 0.0)
 
 

@@ -51,7 +51,7 @@ def test_a_where_matching_no_record_of_one_input_names_it_and_its_values(tmp_pat
     with pytest.raises(MixerError) as e:
         tokenize(job(tmp_path, tokenizer_path, [a, b], where=("src == 'abc'",)), progress=False)
     msg = str(e.value)
-    assert "--where \"src == 'abc'\"" in msg and repr(b) in msg and repr(a) not in msg
+    assert "where=\"src == 'abc'\"" in msg and repr(b) in msg and repr(a) not in msg
     assert "'kern' (4), 'midi' (2) (2 distinct)" in msg
     assert not (tmp_path / "store" / MANIFEST).exists()
 
@@ -110,7 +110,7 @@ def test_musicpile_sample_with_guessed_src_values_is_refused(tmp_path, tokenizer
         main([*args, "--where", "src in ['abc', 'irishman', 'kern']"])
     err = capsys.readouterr().err
     assert done.value.code == 1 and err.startswith("mixer: error: --where")
-    assert "'synthetic:abc'" in err and "mixer peek" in err
+    assert "'synthetic:abc'" in err and "with peek (field='src')" in err
 
 
 def test_probe_counts_are_exact_until_the_value_bound(tmp_path):

@@ -115,9 +115,9 @@ def test_format_repeat_table_warns_once_with_the_fractions_over_the_cap_and_the_
 @pytest.mark.parametrize(
     "args, message",
     [
-        ((0, 10**9, [0.01], None), "--domain-tokens must be positive"),
-        ((10**6, -1, [0.01], None), "--total-tokens must be positive"),
-        ((10**6, 10**9, [0.01], 0), "--max-repeats must be positive"),
+        ((0, 10**9, [0.01], None), "^domain_tokens=0: must be positive"),
+        ((10**6, -1, [0.01], None), "^total_tokens=-1: must be positive"),
+        ((10**6, 10**9, [0.01], 0), "^max_repeats=0: must be positive"),
         ((10**6, 10**9, [2.0], None), "write 2% as 0.02"),
         ((10**6, 10**9, [0.0], None), "not in (0, 1]"),
     ],
@@ -331,8 +331,8 @@ def test_run_plan_without_pilots_returns_only_the_table():
     "args, message",
     [
         ((None, 10**9, None, None, None, None, None, False), "nothing to plan"),
-        ((10**6, 10**9, None, None, None, None, "x.png", False), "--plot needs --pilot"),
-        ((10**6, 0, None, None, None, None, None, False), "--total-tokens must be positive"),
+        ((10**6, 10**9, None, None, None, None, "x.png", False), "^plot= needs pilot_csv="),
+        ((10**6, 0, None, None, None, None, None, False), "^total_tokens=0: must be positive"),
     ],
 )
 def test_run_plan_refuses_incomplete_requests(args, message):
@@ -349,5 +349,5 @@ def test_plot_prediction_writes_a_png(tmp_path):
 
 def test_plot_prediction_without_matplotlib_is_a_mixer_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(MixerError, match="--plot needs matplotlib"):
+    with pytest.raises(MixerError, match="^plotting the fit needs matplotlib"):
         plot_prediction(TRUE, TARGET, tmp_path / "plan.png")

@@ -185,7 +185,7 @@ def test_mixer_explain_prints_each_row_s_documents(mix_spec, capsys, tokenizer_p
     assert ".jsonl" in text or ".parquet" in text
     assert "'" in text.split("\n", 2)[2]  # previews decoded with the store's tokenizer copy
     assert cli("explain", str(mix_spec), "--step", "20") == 1
-    assert "--step: 20 outside [0, 20)" in capsys.readouterr().err
+    assert "mixer: error: --step 20 outside [0, 20)" in capsys.readouterr().err
 
 
 def test_mixer_explain_applies_a_saved_loader_state(mix_spec, tmp_path, capsys):

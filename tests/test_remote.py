@@ -677,7 +677,7 @@ def test_a_store_larger_than_the_bound_is_refused_before_anything_is_evicted(
     assert exited.value.code == 1
     assert capsys.readouterr().err.strip() == (
         f"mixer: error: {urls['b']}: store is {size:,} bytes, more than the cache bound of "
-        f"{size - 1:,} bytes (--cache-max-bytes / ${store_cache.MAX_BYTES_ENV})"
+        f"{size - 1:,} bytes (${store_cache.MAX_BYTES_ENV})"
     )
     assert cached(urls["a"])
     assert not (store_cache.cached_store_dir(urls["b"]) / store_cache.INCOMING).exists()

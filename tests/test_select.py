@@ -88,7 +88,7 @@ def test_a_dataset_root_reads_its_training_split_and_says_what_it_skipped(tmp_pa
         "arxiv/train/arXiv_000.jsonl",
     ]
     assert report.held_out == {"validation": 1, "test": 1}
-    assert "--all-splits" in report.held_out_line()
+    assert "all_splits=True" in report.held_out_line()
     everything = expand_inputs([str(root)], selection=Selection(all_splits=True))
     assert len(everything) == 5
 
@@ -119,7 +119,7 @@ def test_include_and_exclude_are_relative_to_each_of_several_roots(tmp_path):
         include=("data/CC-MAIN-*/*.jsonl", "global-shard_*/local-shard_*/*.jsonl", "*/10BT/*"),
         exclude=("sample/**",),
     )
-    with pytest.raises(MixerError, match=r"--include '\*/10BT/\*' matches no file"):
+    with pytest.raises(MixerError, match=r"^include='\*/10BT/\*' matches no file"):
         expand_inputs([str(fineweb), str(dclm)], selection=selection)  # excluded after all
     selection = Selection(include=selection.include[:2], exclude=selection.exclude)
     files = expand_inputs([str(fineweb), str(dclm)], selection=selection)
@@ -130,16 +130,16 @@ def test_include_and_exclude_are_relative_to_each_of_several_roots(tmp_path):
 def test_empty_selections_are_errors_naming_the_pattern_or_root(tmp_path):
     fineweb = tree(tmp_path / "fineweb", ["data/CC-MAIN-2024-10/000_00000.jsonl"])
     missing = Selection(include=("data/*/*.jsonl", "global-shard_*/**/*.jsonl"))
-    with pytest.raises(MixerError, match=r"--include 'global-shard_\*/\*\*/\*.jsonl' matches no"):
+    with pytest.raises(MixerError, match=r"^include='global-shard_\*/\*\*/\*.jsonl' matches no"):
         expand_inputs([str(fineweb)], selection=missing)
     other = tree(tmp_path / "other", ["x/y.jsonl"])
     with pytest.raises(MixerError, match=r"no file of '.*other' is selected.*x/y.jsonl"):
         expand_inputs([str(fineweb), str(other)], selection=Selection(include=("data/**",)))
     held = tree(tmp_path / "held", ["test/a.jsonl", "validation/b.jsonl"])
-    with pytest.raises(MixerError, match="held-out split or sample folders.*--all-splits"):
+    with pytest.raises(MixerError, match="held-out split or sample folders.*all_splits=True"):
         expand_inputs([str(held)])
     for bad in ("/abs/*.jsonl", "../up/*.jsonl", " "):
-        with pytest.raises(MixerError, match="--include"):
+        with pytest.raises(MixerError, match="^include="):
             Selection(include=(bad,))
     with pytest.raises(MixerError, match="list of glob patterns"):
         Selection(include="data/*")  # type: ignore[arg-type]

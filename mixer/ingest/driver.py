@@ -242,7 +242,7 @@ def find_files(job: TokenizeJob) -> list[inputs.InputFile]:
         chosen,
     )
     if (line := chosen.held_out_line()) is not None:
-        logger.info(line)
+        logger.info(line, extra={"params": ("include", "all_splits")})
     return files
 
 

@@ -82,10 +82,11 @@ def load_tokenizer(path: str, eos_token: str | None = None, no_eos: bool = False
                 eos_token = candidate
                 break
         if eos_id is None:
-            wanted = f"--eos-token {eos_token!r} is not" if eos_token else "no EOS token is"
+            wanted = f"eos_token={eos_token!r} is not" if eos_token else "no EOS token is"
             raise MixerError(
                 f"{path}: {wanted} in the vocabulary (looked for {', '.join(candidates)}); "
-                "pass --eos-token TOKEN or --no-eos"
+                "pass eos_token= one it has, or no_eos=True",
+                params=("eos_token", "no_eos"),
             )
     sha256 = hashlib.sha256(raw).hexdigest()
     _LOADED[("hf", sha256)] = tokenizer  # HFEncoder in this process reuses it
@@ -293,7 +294,7 @@ def engine_available(backend: str) -> bool:
 
 
 def make_encoder(info: TokenizerInfo, backend: str) -> Encoder:
-    """The encoder for `--backend hf|fast|giga`; 'auto' is resolved by the caller with
+    """The encoder for backend 'hf', 'fast' or 'giga'; 'auto' is resolved by the caller with
     verify_backend."""
     if backend == "hf":
         return HFEncoder(info)
@@ -301,7 +302,10 @@ def make_encoder(info: TokenizerInfo, backend: str) -> Encoder:
         try:
             return ENGINES[backend](info)
         except MixerError as e:
-            raise MixerError(f"--backend {backend}: {e}; use --backend hf or auto") from None
+            raise MixerError(
+                f"backend={backend!r}: {e}; use backend='hf' or 'auto'",
+                params=("backend", *e.params),
+            ) from None
     raise MixerError(f"unknown backend {backend!r}; expected 'hf', 'fast' or 'giga'")
 
 

@@ -143,7 +143,10 @@ def run_on_ray(
     import ray
 
     if any(s.task.url.startswith("memory://") for s in pending):
-        raise MixerError("memory:// inputs live in one process; use --workers 0 to run in-process")
+        raise MixerError(
+            "memory:// inputs live in one process; pass workers=0 to run in-process",
+            params=("workers",),
+        )
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"logging_level": "ERROR", "include_dashboard": False}
         if job.ray_address:

@@ -63,7 +63,9 @@ def detect_format(url: str) -> str:
     for suffix in _SUFFIXES:
         if name.endswith(suffix):
             return _EXTENSIONS[suffix]
-    raise MixerError(f"unknown format for {url}; use --format with one of {', '.join(FORMATS)}")
+    raise MixerError(
+        f"unknown format for {url}; pass format= one of {', '.join(FORMATS)}", params=("format",)
+    )
 
 
 @contextlib.contextmanager
@@ -131,7 +133,7 @@ _MAGIC = {
 
 
 def check_text(head: bytes, url: str, format: str) -> None:
-    """Refuse, in both --on-error modes, a file whose first bytes are not text at all.
+    """Refuse, in both on_error modes, a file whose first bytes are not text at all.
 
     A compressed file under a text extension would otherwise be thousands of "bad lines", and
     skip mode would count them and write a store without the file's documents. Not text: a
@@ -142,19 +144,22 @@ def check_text(head: bytes, url: str, format: str) -> None:
         if head.startswith(magic):
             raise InputError(
                 f"{url}: holds {kind} data, not {format} text; give the file its real "
-                "extension or pass --format"
+                "extension or pass format=",
+                params=("format",),
             )
     if not format.startswith("jsonl") or not head:
         return
     if b"\x00" in head:
         raise InputError(
             f"{url}: binary data, not JSON lines (a NUL byte at offset {head.index(0)}); "
-            "check the file, or pass --format"
+            "check the file, or pass format=",
+            params=("format",),
         )
     text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head, final=False)
     if text.count("\ufffd") * 10 > len(text):
         raise InputError(
-            f"{url}: binary data, not UTF-8 JSON lines; check the file, or pass --format"
+            f"{url}: binary data, not UTF-8 JSON lines; check the file, or pass format=",
+            params=("format",),
         )
 
 

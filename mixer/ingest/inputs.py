@@ -119,7 +119,9 @@ def expand_inputs(
     include pattern must select one: an empty selection is an error, not an empty store.
     """
     if format is not None and format not in FORMATS:
-        raise MixerError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+        raise MixerError(
+            f"format={format!r} is not one of {', '.join(FORMATS)}", params=("format",)
+        )
     selection = selection or Selection()
     report = report if report is not None else SelectionReport()
     seen: set[str] = set()
@@ -196,8 +198,8 @@ def _expand_one(
         unknown = [rel for _, rel, _ in candidates if _selected(rel, "any")]
         hint = ""
         if unknown:
-            hint = f" (only files of unknown format, e.g. {unknown[0]!r}; use --format)"
-        raise MixerError(f"no input files match {spec!r}{hint}")
+            hint = f" (only files of unknown format, e.g. {unknown[0]!r}; pass format=)"
+        raise MixerError(f"no input files match {spec!r}{hint}", params=("format",))
     sample += [rel for _, rel, _ in corpus[:3]]
     before = (sum(report.held_out.values()), report.excluded)
     chosen = [
@@ -209,17 +211,18 @@ def _expand_one(
         held = sum(report.held_out.values()) - before[0]
         why = []
         if report.excluded > before[1]:
-            patterns = [f"--include {p!r}" for p in selection.include]
-            patterns += [f"--exclude {p!r}" for p in selection.exclude]
+            patterns = [f"include={p!r}" for p in selection.include]
+            patterns += [f"exclude={p!r}" for p in selection.exclude]
             why.append(f"{report.excluded - before[1]:,} by {' '.join(patterns)}")
         if held:
             why.append(
                 f"{held:,} in held-out split or sample folders (name the folder in the input "
-                "or an --include pattern, or pass --all-splits)"
+                "or an include= pattern, or pass all_splits=True)"
             )
         raise MixerError(
             f"no file of {spec!r} is selected: its {len(corpus):,} corpus files (e.g. "
-            f"{corpus[0][1]!r}) are all left out, {'; '.join(why)}"
+            f"{corpus[0][1]!r}) are all left out, {'; '.join(why)}",
+            params=("include", "exclude", "all_splits"),
         )
     return chosen
 
@@ -250,7 +253,10 @@ def plan_tasks(
     if options.where:
         txt = [f.url for f in files if f.format.startswith("txt")]
         if txt:
-            raise MixerError(f"--where needs records with fields; {txt[0]} is plain text")
+            raise MixerError(
+                f"a where= filter needs records with fields; {txt[0]} is plain text",
+                params=("where",),
+            )
     parquet = [f for f in files if f.format == "parquet"]
     with ThreadPoolExecutor(min(_FOOTER_THREADS, max(1, len(parquet)))) as pool:
         groups = list(pool.map(lambda f: _parquet_groups(f, options), parquet))

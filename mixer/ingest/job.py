@@ -118,7 +118,9 @@ class TokenizeJob:
             if not isinstance(getattr(self, name), bool):
                 raise JobError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.no_eos and self.eos_token is not None:
-            raise JobError("eos_token", "cannot be given together with no_eos")
+            raise JobError(
+                "eos_token", "cannot be given together with no_eos=True", params=("no_eos",)
+            )
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 0):
             raise JobError("workers", f"must be a whole number >= 0, got {self.workers!r}")
         if not _is_int(self.max_document_bytes) or self.max_document_bytes < 1:

@@ -188,27 +188,31 @@ def _explain(spec: str, probe: Probe, where: tuple[RowFilter, ...], text_field: 
         for f, seen in zip(where, probe.fields, strict=False):
             if not seen.present:
                 raise MixerError(
-                    f"--where {f.describe()!r}: field {f.field!r} is missing in every one of the "
+                    f"where={f.describe()!r}: field {f.field!r} is missing in every one of the "
                     f"{probe.records:,} records of input {spec!r} (records have keys {keys}); "
-                    "look with: mixer peek INPUT"
+                    "look at the records with peek",
+                    params=("where",),
                 )
             if not seen.passed:
                 raise MixerError(
-                    f"--where {f.describe()!r} matches none of the {probe.records:,} records of "
+                    f"where={f.describe()!r} matches none of the {probe.records:,} records of "
                     f"input {spec!r}: field {f.field!r} is present in {seen.present:,}, "
-                    f"{seen.describe()}; look with: mixer peek INPUT --field {f.field}"
+                    f"{seen.describe()}; look at its values with peek (field={f.field!r})",
+                    params=("where",),
                 )
         each = ", ".join(
             f"{f.describe()!r} {seen.passed:,}"
             for f, seen in zip(where, probe.fields, strict=False)
         )
         raise MixerError(
-            f"--where filters together match none of the {probe.records:,} records of input "
-            f"{spec!r} (each alone matches: {each})"
+            f"the where= filters together match none of the {probe.records:,} records of input "
+            f"{spec!r} (each alone matches: {each})",
+            params=("where",),
         )
     if probe.matched and probe.text_missing >= probe.matched:
         raise MixerError(
             f"text field {text_field!r} is missing or null in every one of the "
             f"{probe.matched:,} records of input {spec!r} (records have keys {keys}); "
-            "choose it with --text-field (look with: mixer peek INPUT)"
+            "choose it with text_field= (look at the records with peek)",
+            params=("text_field",),
         )

@@ -1,4 +1,4 @@
-"""`mixer peek`: look at the first records of an input before writing a `--where` or text field.
+"""`mixer peek`: look at the first records of an input before writing a where filter or text field.
 
 It reads the first records of a few files spread over the input (the same files, in the same
 order, that `mixer tokenize` would read with the same include/exclude patterns and split rule)
@@ -72,12 +72,15 @@ def peek(
     """Read up to `limit` records, the first ones of up to `max_files` files spread evenly over
     the input's files, and summarize them (see the module docstring)."""
     if limit < 1 or max_files < 1:
-        raise MixerError(f"--limit and --files must be at least 1, got {limit} and {max_files}")
+        raise MixerError(
+            f"limit={limit} and max_files={max_files}: both must be at least 1",
+            params=("limit", "max_files"),
+        )
     check_text_field(text_field)
     storage_options = storage_options or {}
     files = inputs.expand_inputs(specs, format, storage_options, selection)
     if field is not None and all(f.format.startswith("txt") for f in files):
-        raise MixerError(f"--field {field!r}: plain text files have no fields")
+        raise MixerError(f"field={field!r}: plain text files have no fields", params=("field",))
     step = len(files) / min(max_files, len(files))
     picked = [files[int(i * step)] for i in range(min(max_files, len(files)))]
     per_file = -(-limit // len(picked))

@@ -45,8 +45,9 @@ here."""
 def _too_large(limit: int) -> _BadRecord:
     return _BadRecord(
         "too_large",
-        f"record longer than {limit:,} bytes (--max-document-bytes); raise the bound, or "
-        "--on-error skip to count and leave out such records",
+        f"record longer than {limit:,} bytes (max_document_bytes=); raise the bound, or pass "
+        "on_error='skip' to count and leave out such records",
+        params=("max_document_bytes", "on_error"),
     )
 
 
@@ -78,12 +79,14 @@ class ReadStats:
 
 # Reading
 class _BadRecord(Exception):
-    """A record that cannot become a document; `reason` is the key counted in `skipped`."""
+    """A record that cannot become a document; `reason` is the key counted in `skipped`,
+    `params` the parameters `detail` names (as `MixerError.params`)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, params: tuple[str, ...] = ()) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.params = params
 
 
 def read_numbered(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[int, str]]:
@@ -122,7 +125,7 @@ def read_numbered(task: Task, options: ReadOptions, stats: ReadStats) -> Iterato
             if options.on_error == "skip":
                 stats.skipped[bad.reason] += 1
                 continue
-            raise InputError(f"{task.url}:{where()}: {bad.detail}") from None
+            raise InputError(f"{task.url}:{where()}: {bad.detail}", params=bad.params) from None
         if text is not None:
             stats.documents += 1
             yield stats.records - 1, text
@@ -249,7 +252,7 @@ def _parse_json(line: bytes, fast: bool = True) -> dict | None:
     whatever it refuses (invalid UTF-8, lone surrogate escapes, NaN, huge numbers, blank
     lines) is parsed again by `json`, so the lines accepted, their strings and the error
     messages are the standard library's. One difference remains: integers beyond 64 bits
-    become floats. A --where filter could see that, so filtered reads pass fast=False.
+    become floats. A where filter could see that, so filtered reads pass fast=False.
     """
     record: Any = _BLANK
     if fast:

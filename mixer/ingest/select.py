@@ -80,12 +80,16 @@ class Pattern:
     basename_only: bool = field(compare=False, repr=False)
 
     @classmethod
-    def parse(cls, text: str, flag: str) -> Pattern:
+    def parse(cls, text: str, param: str) -> Pattern:
+        """`text` given as `param` (include or exclude), named in the errors."""
         if not isinstance(text, str) or not text.strip():
-            raise MixerError(f"{flag} {text!r}: a pattern must be a non-empty string")
+            raise MixerError(
+                f"{param}={text!r}: a pattern must be a non-empty string", params=(param,)
+            )
         if text.startswith("/") or text.startswith("./") or "/../" in f"/{text}/":
             raise MixerError(
-                f"{flag} {text!r}: patterns are relative to each input root, e.g. 'train/*.zst'"
+                f"{param}={text!r}: patterns are relative to each input root, e.g. 'train/*.zst'",
+                params=(param,),
             )
         return cls(text, compile_glob(text.rstrip("/")), "/" not in text.rstrip("/"))
 
@@ -113,7 +117,7 @@ class SelectionReport:
         names = ", ".join(f"{name}/" for name in sorted(self.held_out))
         return (
             f"skipped {n:,} file{'s' if n != 1 else ''} of held-out splits or samples ({names}); "
-            "name the folder in the input or an --include pattern, or pass --all-splits, to read "
+            "name the folder in the input or an include= pattern, or pass all_splits=True, to read "
             "them"
         )
 
@@ -132,12 +136,14 @@ class Selection:
         for name in ("include", "exclude"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(p, str) for p in value):
-                raise MixerError(f"--{name} must be a list of glob patterns, got {value!r}")
+                raise MixerError(
+                    f"{name}={value!r}: must be a list of glob patterns", params=(name,)
+                )
         object.__setattr__(
-            self, "_include", tuple(Pattern.parse(p, "--include") for p in self.include)
+            self, "_include", tuple(Pattern.parse(p, "include") for p in self.include)
         )
         object.__setattr__(
-            self, "_exclude", tuple(Pattern.parse(p, "--exclude") for p in self.exclude)
+            self, "_exclude", tuple(Pattern.parse(p, "exclude") for p in self.exclude)
         )
 
     @property
@@ -175,7 +181,8 @@ class Selection:
                     f"; they hold e.g. {', '.join(repr(s) for s in sample[:3])}" if sample else ""
                 )
                 raise MixerError(
-                    f"--include {pattern.text!r} matches no file under {', '.join(roots)}{seen}"
+                    f"include={pattern.text!r} matches no file under {', '.join(roots)}{seen}",
+                    params=("include",),
                 )
 
 

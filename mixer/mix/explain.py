@@ -66,22 +66,32 @@ def explain_step(
     """Rows of global batch `step` (only rank `rank`'s slice when given), each with its global
     block index, source, block, epoch, phase and documents (`MixSampler.provenance`, plus a
     `text` preview when a decoder is given)."""
-    check_global_batch(sampler.spec, global_batch_size, "--global-batch-size")
+    check_global_batch(
+        sampler.spec,
+        global_batch_size,
+        f"global_batch_size={global_batch_size}",
+        params=("global_batch_size",),
+    )
     steps = sampler.num_batches(global_batch_size)
     if not 0 <= step < steps:
         raise MixerError(
-            f"--step: {step} outside [0, {steps}) for global batch size {global_batch_size}"
+            f"step={step} outside [0, {steps}) for global batch size {global_batch_size}",
+            params=("step",),
         )
     if global_batch_size % world_size:
         raise MixerError(
-            f"--world-size: {world_size} does not divide the global batch size {global_batch_size}"
+            f"world_size={world_size} does not divide the global batch size {global_batch_size}",
+            params=("world_size",),
         )
     per_rank = global_batch_size // world_size
     first = step * global_batch_size
     rows = range(first, first + global_batch_size)
     if rank is not None:
         if not 0 <= rank < world_size:
-            raise MixerError(f"--rank: {rank} outside [0, {world_size}) (--world-size)")
+            raise MixerError(
+                f"rank={rank} outside [0, {world_size}) (world_size={world_size})",
+                params=("rank", "world_size"),
+            )
         rows = range(first + rank * per_rank, first + (rank + 1) * per_rank)
     out = []
     for i in rows:

@@ -66,10 +66,14 @@ def existing_export(out: Path, record: dict[str, Any], force: bool) -> bool:
         return True
     if not force:
         what = "another export" if "mix" in manifest else "a token store that is not an export"
-        raise MixerError(f"{out}: holds {what}; choose a new directory, or --force to replace it")
+        raise MixerError(
+            f"{out}: holds {what}; choose a new directory, or force=True to replace it",
+            params=("force",),
+        )
     if "mix" not in manifest:
         raise MixerError(
-            f"{out}: holds a token store that is not an export; --force only replaces exports"
+            f"{out}: holds a token store that is not an export; force=True only replaces exports",
+            params=("force",),
         )
     (out / MANIFEST).unlink()  # first: from here on the directory is not a store
     for name, *_ in listed_files(manifest):
@@ -98,13 +102,15 @@ def export_mix(
     stop = len(sampler) if stop is None else stop
     if not 0 <= start < stop <= len(sampler):
         raise MixerError(
-            f"--start/--stop: [{start}, {stop}) is not a range inside [0, {len(sampler)}]"
+            f"start={start}, stop={stop}: not a range inside [0, {len(sampler)}]",
+            params=("start", "stop"),
         )
     if sampler.is_skipped(start, stop):
         lo, hi = next((a, b) for a, b in sampler.skip_blocks if a < stop and start < b)
         raise MixerError(
-            f"--start/--stop: blocks [{lo}, {hi}) of [{start}, {stop}) are skipped (skip_steps); "
-            "an export holds every block of its range, so export the ranges around them"
+            f"start={start}, stop={stop}: blocks [{lo}, {hi}) are skipped (skip_steps); "
+            "an export holds every block of its range, so export the ranges around them",
+            params=("start", "stop"),
         )
     out = Path(out_dir)
     record = export_record(sampler, start, stop)

@@ -731,19 +731,23 @@ def check_rank(batch_size: int, rank: int, world_size: int) -> None:
         )
 
 
-def check_global_batch(spec: MixSpec, global_batch_size: int, what: str) -> None:
+def check_global_batch(
+    spec: MixSpec, global_batch_size: int, what: str, params: tuple[str, ...] = ()
+) -> None:
     """Refuse a loader whose blocks per global step differ from the spec's `global_batch_size`.
 
     A spec that states one counts its `start_step` phases and `skip_steps` in steps of that
     many blocks; a loader stepping by another size would hand out the same blocks under other
     step numbers, so a phase would start (and a skipped range fall) at a step the user did not
-    write. `what` names the loader's size, e.g. "batch_size 4 x world_size 2"."""
+    write. `what` names the loader's size, e.g. "batch_size 4 x world_size 2"; `params` the
+    parameters it names (`MixerError.params`)."""
     stated = spec.global_batch_size
     if stated is not None and stated != global_batch_size:
         raise MixerError(
             f"{what} = {global_batch_size} blocks per step, but the spec's global_batch_size is "
             f"{stated}: its start_step phases and skip_steps would start at other steps; make "
-            f"them equal (or give the spec total_tokens, start_tokens and no skip_steps)"
+            f"them equal (or give the spec total_tokens, start_tokens and no skip_steps)",
+            params=params,
         )
 
 

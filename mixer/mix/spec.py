@@ -459,7 +459,7 @@ class MixSpec:
         if pipeline:
             raise SpecError(
                 f"{path}: this is a pipeline recipe (it has {pipeline[0]!r}), not a mix spec: "
-                f"use `mixer run {path} --out DIR`"
+                "run it as a pipeline (mixer run, or mixer.pipeline.run_pipeline)"
             )
         return cls.from_dict(data, base_dir=path.parent)
 

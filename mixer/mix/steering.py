@@ -52,11 +52,11 @@ def apply_state_file(sampler: MixSampler, path: str | os.PathLike) -> MixSampler
         with open(path) as f:
             state = json.load(f)
     except FileNotFoundError:
-        raise MixerError(f"--state {path}: file not found") from None
+        raise MixerError(f"state file {path}: not found") from None
     except json.JSONDecodeError as e:
-        raise MixerError(f"--state {path}: not JSON ({e.msg})") from None
+        raise MixerError(f"state file {path}: not JSON ({e.msg})") from None
     if not isinstance(state, dict):
-        raise MixerError(f"--state {path}: expected a JSON object (a loader state_dict)")
+        raise MixerError(f"state file {path}: expected a JSON object (a loader state_dict)")
     return apply_steering(sampler, state.get("steering", state))
 
 

@@ -235,7 +235,7 @@ def _make_room(local: Path, need: int, bound: int, url: str) -> None:
     if need > bound:
         raise MixerError(
             f"{url}: store is {need:,} bytes, more than the cache bound of {bound:,} bytes "
-            f"(--cache-max-bytes / ${MAX_BYTES_ENV})"
+            f"(${MAX_BYTES_ENV})"
         )
     others = [d for d in local.parent.iterdir() if d.is_dir() and d != local]
     sizes = {d: _store_bytes(d) for d in others}
@@ -249,7 +249,7 @@ def _make_room(local: Path, need: int, bound: int, url: str) -> None:
         raise MixerError(
             f"{url}: store is {need:,} bytes and the cache bound is {bound:,} bytes, but "
             f"{used:,} bytes of cached stores are in use by running processes "
-            f"(--cache-max-bytes / ${MAX_BYTES_ENV})"
+            f"(${MAX_BYTES_ENV})"
         )
 
 
