@@ -597,10 +597,14 @@ def test_a_recipe_s_errors_keep_its_toml_keys(tmp_path, tokenizer_path, capsys):
     assert code == 1 and "format: 'xml' is not one of" in err and "--format" not in err, err
 
 
-def test_log_lines_name_the_command_s_flags(tmp_path, tokenizer_path, capsys):
+def test_log_lines_name_the_command_s_flags(tmp_path, tokenizer_path, capsys, monkeypatch):
     for split in ("train", "test"):
         (tmp_path / "data" / split).mkdir(parents=True)
         (tmp_path / "data" / split / "a.jsonl").write_text('{"text": "hello"}\n')
+    (tmp_path / "data" / "train" / "b.jsonl").write_text('{"text": "world"}\n')
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # two tasks, two CPUs, too little for Ray
+    monkeypatch.setattr("mixer.ingest.driver._said_ray_note", False)  # said once per process
     argv = ["tokenize", str(tmp_path / "data"), "-t", tokenizer_path, "-o", str(tmp_path / "o")]
-    code, _, err = cli([*argv, "--workers", "0"], capsys)
+    code, _, err = cli(argv, capsys)
     assert code == 0 and "an --include pattern, or pass --all-splits, to read them" in err, err
+    assert "--workers N forces Ray" in err, err

@@ -227,7 +227,8 @@ def note_kept_out_of_ray(on_ray: bool, job: TokenizeJob, pending: int) -> None:
             _said_ray_note = True
             logger.info(
                 "ran in this process (too little input to repay Ray's start-up of about 7 s; "
-                "workers=N forces Ray)"
+                "workers=N forces Ray)",
+                extra={"params": ("workers",)},
             )
 
 

@@ -49,8 +49,9 @@ _LOADED: dict[tuple[str, str], Any] = {}
 def load_once(what: str, info: TokenizerInfo, load: Callable[[str], T]) -> T:
     """`load(info.json)` once per process, `what` (an engine's name) and tokenizer.
 
-    Parsing a 50k-vocab tokenizer.json takes 0.1-0.4 s: more than the fast engine needs for a
-    whole 32 MB task, so a worker that runs many tasks must not pay it for each.
+    Parsing a tokenizer.json costs more than the fast engine needs to encode a whole task
+    (BENCHMARKS.md, "Tokenize pipeline vs the raw engine"), so a worker that runs many tasks
+    must not pay it for each.
     """
     key = (what, info.sha256)
     if key not in _LOADED:

@@ -20,8 +20,8 @@ from mixer.ingest.task import TaskSpec, run_task
 
 logger = logging.getLogger(__name__)
 
-# For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost here, and
-# the pipeline's text bytes per second on one core (bench_tokenize_peers.py), used with
+# For choosing between this process and a local Ray (`use_ray`): Ray's fixed cost, and the
+# pipeline's text bytes per second on one core (both from BENCHMARKS.md, "Scaling"), used with
 # `text_bytes`, whose 4x for compressed inputs is about what zstd achieves on web text.
 RAY_START_S = 7.0
 # On the way out, running tasks are asked to stop (`RunControl`) and waited for this long; they
@@ -36,7 +36,7 @@ CORE_BYTES_PER_S = {"fast": 80e6, "giga": 80e6, "hf": 3e6}
 
 
 def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
-    """Whether to run on Ray: always with --ray-address or an explicit --workers N > 1.
+    """Whether to run on Ray: always with a `ray_address` or an explicit `workers` N > 1.
 
     By default (all CPUs of this machine) only when the work is large enough to repay a local
     Ray's start-up, shutdown and worker imports (`RAY_START_S`; measured in BENCHMARKS.md,

@@ -19,7 +19,7 @@ import zstandard
 
 from mixer.errors import InputError, MixerError
 
-if TYPE_CHECKING:  # pyarrow is imported where parquet is read: 0.2 s of every start-up
+if TYPE_CHECKING:  # imported where parquet is read, not at every start-up (BENCHMARKS.md)
     import pyarrow.parquet as pq
 
     from mixer.ingest.readers import ReadStats

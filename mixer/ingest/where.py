@@ -1,4 +1,4 @@
-"""`--where` row filters and dotted field access into records."""
+"""Row filters (`where`) and dotted field access into records."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mixer.errors import MixerError
-
-if TYPE_CHECKING:  # pyarrow is imported where parquet is read: 0.2 s of every start-up
-    pass
-
 
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
 """What `get_field` returns for an absent field, so that an explicit null stays `None`."""
