@@ -161,8 +161,8 @@ def mixed_documents(mb: float, seed: int) -> list[str]:
     return docs
 
 
-def prepare_corpus(mb: float, files: int, seed: int) -> Path:
-    path = DATA / f"corpus-mixed-mb{mb:g}-files{files}-seed{seed}-{PYTHON}"
+def prepare_corpus(mb: float, files: int, seed: int, data: Path = DATA) -> Path:
+    path = data / f"corpus-mixed-mb{mb:g}-files{files}-seed{seed}-{PYTHON}"
     if not path.exists():
         t0 = time.perf_counter()
         partial = path.with_name(path.name + ".partial")
@@ -173,13 +173,13 @@ def prepare_corpus(mb: float, files: int, seed: int) -> Path:
     return path
 
 
-def prepare_tokenizer(vocab: int, seed: int, train_mb: float = 100) -> Path:
+def prepare_tokenizer(vocab: int, seed: int, train_mb: float = 100, data: Path = DATA) -> Path:
     """Trained on a corpus like the benchmark's but from another seed, as a real one would be.
     (The synthetic text needs about 100 MB before a 50k vocabulary fills up: ~35 s.)"""
-    path = DATA / f"tokenizer-bytebpe-{vocab}-train{train_mb:g}mb-seed{seed}-{PYTHON}.json"
+    path = data / f"tokenizer-bytebpe-{vocab}-train{train_mb:g}mb-seed{seed}-{PYTHON}.json"
     if not path.exists():
         t0 = time.perf_counter()
-        DATA.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
         text = train_tokenizer(mixed_documents(train_mb, seed + 1000), vocab)
         path.with_suffix(".partial").write_text(text)
         path.with_suffix(".partial").rename(path)
