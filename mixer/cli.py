@@ -341,7 +341,8 @@ def format_plan(plan: dict) -> str:
     state = "exists (a rerun reuses what matches)" if plan["out_exists"] else "new"
     lines = [
         f"dry run: {plan['files']:,} files ({formats}), {plan['input_bytes'] / 1e6:,.1f} MB, "
-        f"in {plan['tasks']:,} tasks (one shard each, --chunk-mb {plan['chunk_bytes'] >> 20})",
+        f"in {plan['tasks']:,} task{'s' if plan['tasks'] != 1 else ''} (one shard each, "
+        f"--chunk-mb {plan['chunk_bytes'] >> 20})",
         f"output   {plan['out']} ({state})",
     ]
     lines += [f"  {url}" for url in plan["first_files"]]

@@ -451,13 +451,13 @@ def test_dry_run_plans_without_writing_and_json_summaries(workspace, capsys):
     argv = ["tokenize", "pipelines/samples/fineweb", "-t", tok, "-o", "web"]
     code, out, _ = cli([*argv, "--dry-run", "--json"], capsys)
     assert code == 0
-    plan = json.loads(out)
-    assert (plan["files"], plan["tasks"], plan["out"], plan["out_exists"]) == (2, 2, "web", False)
+    plan = json.loads(out)  # two small files: one task reads both
+    assert (plan["files"], plan["tasks"], plan["out"], plan["out_exists"]) == (2, 1, "web", False)
     assert plan["input_bytes"] == sum(Path(u).stat().st_size for u in plan["first_files"]) and plan[
         "formats"
     ] == {"parquet": 2}
     code, out, _ = cli([*argv, "--dry-run"], capsys)
-    assert code == 0 and out.startswith("dry run: 2 files (parquet 2), ") and "in 2 tasks" in out
+    assert code == 0 and out.startswith("dry run: 2 files (parquet 2), ") and "in 1 task (" in out
     assert not Path("web").exists()
     code, out, _ = cli([*argv, "--json"], capsys)
     summary = json.loads(out)
@@ -465,7 +465,7 @@ def test_dry_run_plans_without_writing_and_json_summaries(workspace, capsys):
     assert (summary["documents"], summary["tokens"], summary["shards"], summary["reused"]) == (
         store.num_documents,
         store.num_tokens,
-        2,
+        1,
         0,
     )
     assert summary["bytes_on_disk"] == sum(p.stat().st_size for p in Path("web").glob("shard-*"))
@@ -474,7 +474,7 @@ def test_dry_run_plans_without_writing_and_json_summaries(workspace, capsys):
     assert json.loads(out) == {
         "store": str(Path("web")),
         "ok": True,
-        "shards": 2,
+        "shards": 1,
         "documents": store.num_documents,
         "tokens": store.num_tokens,
     }

@@ -106,6 +106,8 @@ def test_same_store_bytes_for_any_worker_count(tmp_path, tokenizer_path, ray_loc
     src.mkdir()
     (src / "a.jsonl").write_bytes(jsonl_bytes(documents(300, seed=1)))
     (src / "b.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(documents(50, seed=2)), mtime=0))
+    for n in range(40):  # small files, read in groups of whole files
+        (src / f"c{n:02d}.jsonl").write_bytes(jsonl_bytes(documents(3, seed=10 + n)))
     results = []
     for workers in (0, 1, 2):
         out = tmp_path / f"store{workers}"
@@ -121,6 +123,8 @@ def test_same_store_bytes_for_any_worker_count(tmp_path, tokenizer_path, ray_loc
         )
         results.append(store_files(out))
     assert len(results[0]) > 6  # several byte-range shards, so ordering is exercised
+    shards = json.loads(results[0][MANIFEST])["shards"]
+    assert sum(1 for s in shards if len(s.get("inputs", [])) > 1) > 1  # and several groups
     assert results[0] == results[1] == results[2]
 
 
@@ -441,7 +445,9 @@ def test_the_summary_says_when_the_default_kept_a_small_job_out_of_ray(
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     for name in ("a", "b"):
         (tmp_path / f"{name}.jsonl").write_bytes(jsonl_bytes([f"hello {name}"]))
-    job = TokenizeJob(inputs=(str(tmp_path),), tokenizer=tokenizer_path, out=str(tmp_path / "s"))
+    job = TokenizeJob(  # files above chunk_bytes stay one task each, two here
+        inputs=(str(tmp_path),), tokenizer=tokenizer_path, out=str(tmp_path / "s"), chunk_bytes=8
+    )
     with caplog.at_level(logging.INFO, logger="mixer"):
         tokenize(job, progress=False)
     assert "in this process (too little input to repay Ray's start-up" in caplog.text

@@ -39,6 +39,14 @@ def write_inputs(root: Path, files: int, docs: int, seed: int = 0) -> list[str]:
     return paths
 
 
+def one_task_each(inputs: list[str]) -> int:
+    """A chunk size that keeps each of these similar files a task of its own: any two together
+    pass it, so none is grouped with another (room for a small append)."""
+    sizes = [os.path.getsize(p) for p in inputs]
+    assert max(sizes) + 200 < 2 * min(sizes)
+    return max(sizes) + 200
+
+
 def start_cli(inputs: list[str], tokenizer: str, out: str, *extra: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "mixer.cli", "tokenize", *inputs, "-t", tokenizer, "-o", out]
     argv += ["--workers", "0", "--backend", "hf", "--no-progress", *extra]
@@ -217,7 +225,10 @@ def test_a_job_refused_by_another_leaves_no_marker_behind_and_later_runs(
 
 def test_an_appended_input_redoes_its_shard_and_says_what_changed(tmp_path, tokenizer_path, caplog):
     inputs = write_inputs(tmp_path / "in", files=3, docs=20)
-    job = TokenizeJob(inputs, tokenizer_path, str(tmp_path / "s"), workers=0, backend="hf")
+    chunk = one_task_each(inputs)
+    job = TokenizeJob(
+        inputs, tokenizer_path, str(tmp_path / "s"), workers=0, backend="hf", chunk_bytes=chunk
+    )
     before = tokenize(job, progress=False)
     path = Path(inputs[1])
     size = path.stat().st_size
@@ -229,7 +240,9 @@ def test_an_appended_input_redoes_its_shard_and_says_what_changed(tmp_path, toke
     assert "(2 reused)" in caplog.text
     assert after["num_documents"] == before["num_documents"] + 1
     assert after["shards"][0] == before["shards"][0] and after["shards"][2] == before["shards"][2]
-    fresh = TokenizeJob(inputs, tokenizer_path, str(tmp_path / "fresh"), workers=0, backend="hf")
+    fresh = TokenizeJob(
+        inputs, tokenizer_path, str(tmp_path / "fresh"), workers=0, backend="hf", chunk_bytes=chunk
+    )
     assert tokenize(fresh, progress=False)["shards"] == after["shards"]
     TokenStore.open(tmp_path / "s").verify()
 
@@ -238,7 +251,10 @@ def test_an_input_edited_in_place_to_the_same_size_is_detected_by_its_mtime(
     tmp_path, tokenizer_path, caplog
 ):
     inputs = write_inputs(tmp_path / "in", files=2, docs=20)
-    job = TokenizeJob(inputs, tokenizer_path, str(tmp_path / "s"), workers=0, backend="hf")
+    chunk = one_task_each(inputs)
+    job = TokenizeJob(
+        inputs, tokenizer_path, str(tmp_path / "s"), workers=0, backend="hf", chunk_bytes=chunk
+    )
     before = tokenize(job, progress=False)
     path = Path(inputs[0])
     data = path.read_bytes()
@@ -256,7 +272,10 @@ def test_done_records_of_an_input_edited_after_a_crash_are_not_reused(tmp_path, 
     from mixer.ingest import executors
 
     inputs = write_inputs(tmp_path / "in", files=2, docs=20)
-    job = TokenizeJob(inputs, tokenizer_path, str(tmp_path / "s"), workers=0, backend="hf")
+    chunk = one_task_each(inputs)
+    job = TokenizeJob(
+        inputs, tokenizer_path, str(tmp_path / "s"), workers=0, backend="hf", chunk_bytes=chunk
+    )
 
     def crash_after_first(pending, info, job, on_progress=None):
         for n, item in enumerate(executors.run_in_process(pending, info, job, on_progress)):
@@ -276,7 +295,9 @@ def test_done_records_of_an_input_edited_after_a_crash_are_not_reused(tmp_path, 
     path = Path(inputs[0])
     path.write_bytes(path.read_bytes().replace(b"doc 0 ", b"DOC 0 ", 1))
     manifest = tokenize(job, progress=False)
-    fresh = TokenizeJob(inputs, tokenizer_path, str(tmp_path / "fresh"), workers=0, backend="hf")
+    fresh = TokenizeJob(
+        inputs, tokenizer_path, str(tmp_path / "fresh"), workers=0, backend="hf", chunk_bytes=chunk
+    )
     assert tokenize(fresh, progress=False)["shards"] == manifest["shards"]
 
 

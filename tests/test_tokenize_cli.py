@@ -103,9 +103,11 @@ def interrupt_run(base: list[str], out: Path, records: int) -> subprocess.Comple
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def check_interrupted_then_resumed(tmp_path: Path, base: list[str], shards: int) -> None:
+def check_interrupted_then_resumed(tmp_path: Path, base: list[str]) -> None:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([*base, "-o", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
+    shards = json.loads((tmp_path / "clean" / MANIFEST).read_text())["num_shards"]
+    assert shards > 3
     victim = tmp_path / "victim"
     result = interrupt_run(base, victim, records=2)
     assert result.returncode == 130, result.stderr
@@ -129,11 +131,14 @@ def check_interrupted_then_resumed(tmp_path: Path, base: list[str], shards: int)
 def test_ctrl_c_in_process_says_what_was_kept_exits_130_and_resumes(tmp_path, tokenizer_path):
     src = corpus(tmp_path / "in", files=30, docs=800)
     base = [sys.executable, "-m", "mixer", "tokenize", str(src), "-t", tokenizer_path]
-    check_interrupted_then_resumed(tmp_path, [*base, "--workers", "0", "--backend", "hf"], 30)
+    # --chunk-mb 1: groups of 8 files of 127 kB, so 4 shards
+    options = ["--workers", "0", "--backend", "hf", "--chunk-mb", "1"]
+    check_interrupted_then_resumed(tmp_path, [*base, *options])
 
 
 @pytest.mark.slow
 def test_ctrl_c_on_ray_removes_the_workers_temporaries(tmp_path, tokenizer_path):
     src = corpus(tmp_path / "in", files=24, docs=6000)
     base = [sys.executable, "-m", "mixer", "tokenize", str(src), "-t", tokenizer_path]
-    check_interrupted_then_resumed(tmp_path, [*base, "--workers", "2", "--backend", "hf"], 24)
+    options = ["--workers", "2", "--backend", "hf", "--chunk-mb", "1"]  # 24 files of 1 MB
+    check_interrupted_then_resumed(tmp_path, [*base, *options])

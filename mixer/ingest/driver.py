@@ -1,7 +1,7 @@
 """`mixer tokenize`: corpus files -> tasks -> a token store, resumable and deterministic.
 
-Each task (a file, a byte range of one, or a run of parquet row groups; see
-`mixer.ingest.inputs.plan_tasks`) becomes exactly one shard named after its position in the
+Each task (a file, a byte range of one, a run of parquet row groups, or a group of small files;
+see `mixer.ingest.inputs.plan_tasks`) becomes exactly one shard named after its position in the
 plan, so the store's bytes depend on the inputs and the tokenizer, never on how many workers ran
 or in which order they finished.
 
@@ -39,7 +39,7 @@ from mixer.ingest.matches import check_inputs
 from mixer.ingest.progress import Progress, mb
 from mixer.ingest.select import Selection, SelectionReport
 from mixer.ingest.task import TaskSpec, task_key
-from mixer.store.format import TOKENIZER_FILE, dtype_for_vocab, shard_files
+from mixer.store.format import TOKENIZER_FILE, dtype_for_vocab, entry_inputs, shard_files
 from mixer.store.output import Claimant, Output, open_output
 from mixer.store.writer import build_manifest
 
@@ -274,7 +274,7 @@ def complete_store(
     output: Output,
     info: TokenizerInfo,
     job_options: dict,
-    tasks: list[inputs.Task],
+    tasks: list[inputs.Task | inputs.FileGroup],
     quiet: bool = False,
 ) -> dict | None:
     """The output's manifest when this job finished it on these very inputs, else None.
@@ -300,16 +300,16 @@ def complete_store(
     return None
 
 
-def changed_inputs(manifest: dict, tasks: list[inputs.Task]) -> list[str]:
+def changed_inputs(manifest: dict, tasks: list[inputs.Task | inputs.FileGroup]) -> list[str]:
     """What differs between the inputs a store was built from and `tasks`, one line per file."""
     built: dict[str, list[dict]] = {}
     for entry in manifest["shards"]:
-        source = entry.get("input") if isinstance(entry, dict) else None
-        if isinstance(source, dict):
-            built.setdefault(str(source.get("url")), []).append(source)
+        for source in entry_inputs(entry) if isinstance(entry, dict) else []:
+            built.setdefault(str(source.get("url")), []).append(without_counts(source))
     now: dict[str, list[dict]] = {}
     for task in tasks:
-        now.setdefault(task.url, []).append(task.describe())
+        for part in task.parts:
+            now.setdefault(part.url, []).append(part.describe())
     changes = []
     for url, described in now.items():
         before = built.get(url, [])
@@ -325,6 +325,22 @@ def changed_inputs(manifest: dict, tasks: list[inputs.Task]) -> list[str]:
     return changes
 
 
+GROUP_COUNTS = ("records", "documents", "tokens", "skipped")  # per file of a group's entry
+
+
+def without_counts(source: dict) -> dict:
+    """A shard entry's description of one of its inputs as the task described it: a group's
+    files also carry what each read and gave (`mixer.store.format`)."""
+    return {k: v for k, v in source.items() if k not in GROUP_COUNTS}
+
+
+def built_from(entry: dict) -> dict | None:
+    """The task description a shard entry was built from (`Task.describe`, `FileGroup.describe`)."""
+    if "inputs" in entry:
+        return {"inputs": [without_counts(s) for s in entry_inputs(entry)]}
+    return entry.get("input")
+
+
 def reusable_entries(output: Output, specs: list[TaskSpec]) -> dict[str, dict[str, Any]]:
     """Entries of shards an earlier run of the same tasks finished and left intact, by name.
 
@@ -337,7 +353,7 @@ def reusable_entries(output: Output, specs: list[TaskSpec]) -> dict[str, dict[st
         keep = {
             s.name: {"key": s.key, "entry": built[s.name]}
             for s in specs
-            if s.name in built and built[s.name].get("input") == s.task.describe()
+            if s.name in built and built_from(built[s.name]) == s.task.describe()
         }
         output.restart(keep)
     records, size_of = output.done_records()
@@ -385,9 +401,16 @@ def store_manifest(
 ) -> dict[str, Any]:
     """The manifest of the finished shards, after checking every input contributed."""
     source_of = {f.url: f.input for f in files}
-    check_inputs(
-        [(source_of[s.task.url], entries[s.name]) for s in specs], options.where, options.text_field
-    )
+    checked = []
+    for s in specs:
+        entry = entries[s.name]
+        if not isinstance(s.task, inputs.FileGroup):
+            checked.append((source_of[s.task.url], entry))
+            continue
+        probes = entry.get("probe") or [None] * len(s.task.parts)  # None: reused from a manifest
+        for part, counts, probe in zip(s.task.parts, entry["inputs"], probes, strict=True):
+            checked.append((source_of[part.url], {**counts, "probe": probe}))
+    check_inputs(checked, options.where, options.text_field)
     shards = [{k: v for k, v in entries[s.name].items() if k != "probe"} for s in specs]
     skipped: Counter[str] = Counter()
     for entry in shards:
@@ -418,10 +441,11 @@ def check_same_job(manifest: dict, where: str, info: TokenizerInfo, job_options:
         )
 
 
-def verification_sample(tasks: list[inputs.Task], options: readers.ReadOptions):
+def verification_sample(tasks: list[inputs.Task | inputs.FileGroup], options: readers.ReadOptions):
     """The first documents of every input file (up to VERIFY_FILES files), labelled file:n."""
     options = dataclasses.replace(options, on_error="skip")
-    firsts = {t.url: t for t in reversed(tasks)}  # the first task of each file
+    pieces = [p for t in tasks for p in t.parts]
+    firsts = {t.url: t for t in reversed(pieces)}  # the first task of each file
     sample = []
     for task in list(reversed(firsts.values()))[:VERIFY_FILES]:
         documents = readers.read_documents(task, options, readers.ReadStats())
@@ -439,7 +463,10 @@ def verification_sample(tasks: list[inputs.Task], options: readers.ReadOptions):
 
 
 def resolve_backend(
-    requested: str, info: TokenizerInfo, tasks: list[inputs.Task], options: readers.ReadOptions
+    requested: str,
+    info: TokenizerInfo,
+    tasks: list[inputs.Task | inputs.FileGroup],
+    options: readers.ReadOptions,
 ) -> str:
     """'hf', or a faster engine's backend only once it matched hf id for id on this tokenizer
     and this input: the one named, or for 'auto' the first of AUTO_ORDER that is verified."""

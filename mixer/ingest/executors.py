@@ -57,7 +57,7 @@ def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
     return ray_s < one_process_s
 
 
-def text_bytes(task: inputs.Task) -> int:
+def text_bytes(task: inputs.Task | inputs.FileGroup) -> int:
     """Estimated text in a task: compressed inputs (.gz, .zst, parquet) count 4x their size."""
     return task.weight * (1 if task.format in ("jsonl", "txt") else 4)
 

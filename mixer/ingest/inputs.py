@@ -1,4 +1,5 @@
-"""Find input files and cut them into tasks: a file, a byte range of one, or parquet row groups.
+"""Find input files and cut them into tasks: a file, a byte range of one, parquet row groups, or
+a group of consecutive small files.
 
 Plans depend only on the files and `chunk_bytes`, never on the number of workers, so a store's
 shards are reproducible.
@@ -78,6 +79,44 @@ class Task:
         if self.est_bytes is not None:
             return self.est_bytes
         return self.size
+
+    @property
+    def parts(self) -> tuple[Task, ...]:
+        """The pieces read one after the other: the task itself (see `FileGroup.parts`)."""
+        return (self,)
+
+    @property
+    def whole_file(self) -> bool:
+        """Whether it reads its whole file (no byte range or row groups): it may be grouped."""
+        return self.byte_range is None and self.row_groups is None
+
+
+@dataclass(frozen=True)
+class FileGroup:
+    """Consecutive whole small files of one format, read one after the other into one shard, so
+    that thousands of small files make a few shards rather than thousands.
+
+    Its record numbers count across the files in order (see `mixer.ingest.readers.read_numbered`);
+    its shard entry lists each file with the records it read (`mixer.store.format`)."""
+
+    parts: tuple[Task, ...]
+
+    @property
+    def url(self) -> str:
+        """The first file's."""
+        return self.parts[0].url
+
+    @property
+    def format(self) -> str:
+        return self.parts[0].format
+
+    def describe(self) -> dict:
+        """JSON-able identity: every file's url, size and version, in order."""
+        return {"inputs": [p.describe() for p in self.parts]}
+
+    @property
+    def weight(self) -> int:
+        return sum(p.weight for p in self.parts)
 
 
 def _known(url: str) -> bool:
@@ -240,12 +279,14 @@ def _walk(fs: Any, root: str) -> list[tuple[str, str, dict]]:
 
 def plan_tasks(
     files: list[InputFile], chunk_bytes: int = 64 << 20, options: ReadOptions | None = None
-) -> list[Task]:
+) -> list[Task | FileGroup]:
     """Split files into tasks of about `chunk_bytes` each, in a fixed order.
 
     Uncompressed line files are split into byte ranges, parquet into runs of row groups (by
     uncompressed size, read from the footer); compressed files and whole-file text documents
-    cannot be split and are one task each.
+    cannot be split. Consecutive whole files of the same format whose bytes read
+    (`Task.weight`) add up to at most `chunk_bytes` become one `FileGroup`; a file that is alone in
+    its group stays a plain `Task`.
     """
     if chunk_bytes <= 0:
         raise MixerError(f"chunk size must be positive, not {chunk_bytes}")
@@ -261,20 +302,48 @@ def plan_tasks(
     with ThreadPoolExecutor(min(_FOOTER_THREADS, max(1, len(parquet)))) as pool:
         groups = list(pool.map(lambda f: _parquet_groups(f, options), parquet))
     footers = {f.url: g for f, g in zip(parquet, groups, strict=True)}
-    tasks: list[Task] = []
+    pieces: list[Task] = []
     for f in files:
         splittable = f.format == "jsonl" or (f.format == "txt" and options.txt_mode == "line")
         if f.format == "parquet":
-            tasks += _split_row_groups(f, footers[f.url], chunk_bytes)
+            pieces += _split_row_groups(f, footers[f.url], chunk_bytes)
         elif splittable and f.size > chunk_bytes:
             n = -(-f.size // chunk_bytes)
             bounds = [f.size * i // n for i in range(n + 1)]
-            tasks += [
+            pieces += [
                 Task(f.url, f.format, f.size, byte_range=(a, b), version=f.version)
                 for a, b in zip(bounds, bounds[1:], strict=False)
             ]
         else:
-            tasks.append(Task(f.url, f.format, f.size, version=f.version))
+            pieces.append(Task(f.url, f.format, f.size, version=f.version))
+    return _grouped(pieces, chunk_bytes)
+
+
+def _grouped(pieces: list[Task], chunk_bytes: int) -> list[Task | FileGroup]:
+    """The tasks in order, runs of small whole files of one format joined (greedily, up to
+    `chunk_bytes`) into file groups."""
+    tasks: list[Task | FileGroup] = []
+    run: list[Task] = []
+    run_of: str | None = None  # the run's format
+    total = 0
+
+    def close() -> None:
+        if run:
+            tasks.append(run[0] if len(run) == 1 else FileGroup(tuple(run)))
+            run.clear()
+
+    for task in pieces:
+        if not task.whole_file or task.weight > chunk_bytes:
+            close()
+            tasks.append(task)
+            run_of = None
+            continue
+        if run_of != task.format or total + task.weight > chunk_bytes:
+            close()
+            run_of, total = task.format, 0
+        run.append(task)
+        total += task.weight
+    close()
     return tasks
 
 

@@ -27,7 +27,7 @@ from mixer.ingest.matches import Probe
 from mixer.ingest.where import MISSING, RowFilter, get_field
 
 if TYPE_CHECKING:
-    from mixer.ingest.inputs import Task
+    from mixer.ingest.inputs import FileGroup, Task
 
 _PARQUET_BATCH_ROWS = 1024
 
@@ -75,6 +75,16 @@ class ReadStats:
     bytes_read: int = 0
     records: int = 0  # records (lines, rows) read so far, blank and bad ones included
     probe: Probe = field(default_factory=Probe)  # per-input match checks (mixer.ingest.matches)
+    parts: list[ReadStats] = field(default_factory=list)  # a group's, per file read so far
+
+    def add(self, other: ReadStats) -> None:
+        """Count what `other` counted as well."""
+        self.documents += other.documents
+        self.filtered += other.filtered
+        self.skipped.update(other.skipped)
+        self.bytes_read += other.bytes_read
+        self.records += other.records
+        self.probe.merge(other.probe)
 
 
 # Reading
@@ -89,18 +99,35 @@ class _BadRecord(Exception):
         self.params = params
 
 
-def read_numbered(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[int, str]]:
+def read_numbered(
+    task: Task | FileGroup, options: ReadOptions, stats: ReadStats
+) -> Iterator[tuple[int, str]]:
     """Stream (record, document) for one task, updating `stats` as it goes.
 
     `record` is the document's provenance within the task, 0-based: the line number counted
     from the task's first line (blank and skipped lines included) for line formats, the row
     number from the task's first row for parquet, 0 for a whole-file txt document. The task's
-    first record in its file is the sum of `stats.records` over the tasks before it there.
+    first record in its file is the sum of `stats.records` over the tasks before it there. A
+    `FileGroup` reads its files in order and counts records across them (its second file's first
+    record is the first file's record count); `stats.parts` gets each file's own counts, added
+    to `stats` once the file is read.
 
     Bad records raise `InputError("file:line: why")` (parquet: `file:row N:`, N 0-based within
     the file) or, with `on_error="skip"`, are counted in `stats.skipped`. A damaged or truncated
     file is an `InputError` in both modes.
     """
+    if len(task.parts) == 1:
+        yield from _read_part(task.parts[0], options, stats)
+        return
+    for part in task.parts:
+        own = ReadStats()
+        stats.parts.append(own)
+        for record, text in _read_part(part, options, own):
+            yield stats.records + record, text
+        stats.add(own)
+
+
+def _read_part(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[int, str]]:
     if task.format == "parquet":
         records: Iterator[tuple[Any, Any]] = _parquet_records(task, options, stats)
     elif task.format.startswith("txt") and options.txt_mode == "document":
@@ -131,7 +158,7 @@ def read_numbered(task: Task, options: ReadOptions, stats: ReadStats) -> Iterato
             yield stats.records - 1, text
 
 
-def read_documents(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+def read_documents(task: Task | FileGroup, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
     """The documents of `read_numbered`, without their record numbers."""
     for _, text in read_numbered(task, options, stats):
         yield text

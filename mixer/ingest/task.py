@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from mixer.ingest import inputs, readers
 from mixer.ingest.encoders import TokenizerInfo, make_encoder
 from mixer.ingest.progress import Done, TaskReporter
@@ -36,7 +38,7 @@ T = TypeVar("T")
 class TaskSpec:
     """What one worker needs to write one shard; small, so it ships cheaply to Ray."""
 
-    task: inputs.Task
+    task: inputs.Task | inputs.FileGroup
     name: str
     key: str
     options: readers.ReadOptions
@@ -44,11 +46,13 @@ class TaskSpec:
     backend: str
 
 
-def task_key(task: inputs.Task, options: dict, tokenizer: TokenizerInfo, backend: str) -> str:
+def task_key(
+    task: inputs.Task | inputs.FileGroup, options: dict, tokenizer: TokenizerInfo, backend: str
+) -> str:
     """Fingerprint of everything that determines a shard's bytes: reuse only on a match.
 
-    The task's description holds its input's size and version (mtime or etag), so a shard of an
-    input changed since is redone."""
+    The task's description holds its input's size and version (mtime or etag), every file's
+    for a group, so a shard of an input changed since is redone."""
     material = {
         "task": task.describe(),
         "backend": backend,
@@ -81,10 +85,14 @@ def run_task(
     try:
         numbered = readers.read_numbered(spec.task, spec.options, stats)
         done = TaskReporter(report, lambda: stats.bytes_read)
+        grouped = isinstance(spec.task, inputs.FileGroup)
+        seen: list[tuple[np.ndarray, np.ndarray]] = []  # a group's (records, lengths) per batch
         with contextlib.closing(read_ahead(batches(numbered), READ_AHEAD)) as ahead:
             for texts, records in ahead:
                 lengths, tokens = encoder.encode_batch(texts)
                 writer.add_documents(lengths, tokens, records)
+                if grouped:
+                    seen.append((np.asarray(records), np.asarray(lengths)))
                 done.batch(len(texts), len(tokens), texts)
                 if should_stop is not None and should_stop():
                     raise TaskStopped(spec.name)
@@ -92,17 +100,45 @@ def run_task(
     except BaseException:
         writer.abort()
         raise
+    if isinstance(spec.task, inputs.FileGroup):
+        entry["inputs"] = group_inputs(spec.task, stats.parts, seen)
+    else:
+        entry["input"] = spec.task.describe()
     entry.update(
-        input=spec.task.describe(),
         backend=encoder.name,
         skipped=dict(sorted(stats.skipped.items())),
         filtered=stats.filtered,
         input_records=stats.records,
         text_bytes=done.text_bytes,
-        probe=stats.probe.to_json(),  # dropped from the manifest (mixer.ingest.matches)
+        # Dropped from the manifest (mixer.ingest.matches); a group's has one per file, since
+        # its files may come from different inputs.
+        probe=[p.probe.to_json() for p in stats.parts] if stats.parts else stats.probe.to_json(),
     )
     spec.output.commit_shard(spec.name, {"key": spec.key, "entry": entry})
     return entry
+
+
+def group_inputs(
+    group: inputs.FileGroup,
+    parts: list[readers.ReadStats],
+    seen: list[tuple[np.ndarray, np.ndarray]],
+) -> list[dict[str, Any]]:
+    """A group's shard entry `inputs`: each file's description with the records it read, the
+    documents and tokens it gave (the documents' record numbers say which file each came from)
+    and, when any, its skipped records."""
+    records = np.concatenate([r for r, _ in seen]) if seen else np.zeros(0, np.int64)
+    lengths = np.concatenate([n for _, n in seen]) if seen else np.zeros(0, np.int64)
+    n = len(group.parts)
+    file_of = np.searchsorted(np.cumsum([p.records for p in parts]), records, side="right")
+    tokens = np.bincount(file_of, weights=lengths, minlength=n).astype(np.int64)
+    out = []
+    for task, read, t in zip(group.parts, parts, tokens, strict=True):
+        described = {**task.describe(), "records": read.records}
+        described.update(documents=read.documents, tokens=int(t))
+        if read.skipped:
+            described["skipped"] = dict(sorted(read.skipped.items()))
+        out.append(described)
+    return out
 
 
 def batches(numbered: Iterator[tuple[int, str]]) -> Iterator[tuple[list[str], list[int]]]:

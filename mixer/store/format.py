@@ -32,6 +32,15 @@ tokenizer.json) and vocab size, the EOS id, the dtype, and per shard its file na
 and token counts, byte sizes and sha256 of both files and the input it came from. Names in the
 manifest are plain file names inside the store; anything else is rejected.
 
+A shard's input is ``input``, one task's description (``url``, ``format``, ``size``,
+``version``, and ``byte_range`` or ``row_groups`` for part of a file), or, for a shard made of
+several small whole files (`mixer.ingest.inputs.FileGroup`), ``inputs``: the list of the files'
+descriptions in the order they were read, each with the ``records`` it read and the
+``documents`` and ``tokens`` it gave. Such a shard's ``.rec`` numbers count records across its
+files in that order, so record r belongs to the first file whose cumulative record count exceeds
+r (`entry_inputs`, `TokenStore.origin`). Stores written before groups existed have only
+``input`` and open as before.
+
 The tokenizer's copy, when there is one, is listed as ``tokenizer.file`` (its name in the store)
 and ``tokenizer.file_bytes``; its checksum is ``tokenizer.sha256``, the fingerprint itself, so
 a store can be decoded without being told which tokenizer built it. Stores written before the
@@ -121,32 +130,51 @@ def shard_files(entry: dict[str, Any]) -> tuple[str, ...]:
     return ("bin", "idx", "rec") if "rec" in entry else ("bin", "idx")
 
 
+def entry_inputs(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The input descriptions a shard entry was read from, in order: its ``inputs`` (a group of
+    files, each with its counts) or its one ``input``; [] when it names none."""
+    sources = entry.get("inputs")
+    if isinstance(sources, list):
+        return [s for s in sources if isinstance(s, dict)]
+    source = entry.get("input")
+    return [source] if isinstance(source, dict) else []
+
+
 def record_base(entries: list[dict[str, Any]]) -> list[int | None]:
     """Per shard entry, the record number (in its input file) of its task's first record.
 
     Tasks of one file own consecutive records in the order of their byte range or first row
     group, and each entry counts what its task read (`input_records`), so the base of a task is
-    the sum over the earlier tasks of the same file. None where that is unknown (no `input` or
-    a task without `input_records`, e.g. a store written before provenance existed).
+    the sum over the earlier tasks of the same file. A group of whole files starts at record 0
+    of its first file (its files' own ``records`` place the rest). None where that is unknown
+    (no `input` or a task without `input_records`, e.g. a store written before provenance
+    existed).
     """
     by_url: dict[str, dict[int, int | None]] = {}
-    keys = []
-    for entry in entries:
+    bases: list[int | None] = [None] * len(entries)
+    keys: dict[int, tuple[str, int]] = {}  # entry -> (url, start) of a task of one file
+    for n, entry in enumerate(entries):
+        if "inputs" in entry:
+            files = entry_inputs(entry)
+            if files and all(isinstance(f.get("records"), int) for f in files):
+                bases[n] = 0
+            continue
         source = entry.get("input")
         if not isinstance(source, dict) or not isinstance(source.get("url"), str):
-            keys.append(None)
             continue
         start = (source.get("byte_range") or source.get("row_groups") or [0])[0]
         count = entry.get("input_records")
         by_url.setdefault(source["url"], {})[int(start)] = count if isinstance(count, int) else None
-        keys.append((source["url"], int(start)))
+        keys[n] = (source["url"], int(start))
     first: dict[tuple[str, int], int | None] = {}
     for url, counts in by_url.items():  # prefix sums over each file's tasks, in range order
         total: int | None = 0
         for start in sorted(counts):
             first[(url, start)] = total
             total = None if total is None or counts[start] is None else total + counts[start]
-    return [None if key is None else first[key] for key in keys]
+    for n, key in keys.items():
+        bases[n] = first[key]
+    return bases
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:

@@ -28,6 +28,7 @@ from mixer.store.format import (
     Index,
     check_index,
     check_manifest,
+    entry_inputs,
     index_size,
     map_file,
     read_index,
@@ -259,6 +260,7 @@ class TokenStore:
         # Cumulative offsets: shard s holds documents [doc_offsets[s], doc_offsets[s+1]) etc.
         self.doc_offsets = np.cumsum([0] + [s.entry["documents"] for s in self.shards])
         self.token_offsets = np.cumsum([0] + [s.entry["tokens"] for s in self.shards])
+        self._ends: dict[int, np.ndarray] = {}  # grouped shard -> its files' record ends
 
     def _file_size(self, path: Path, seen: dict[str, str]) -> int:
         """Size of a listed file; a symlink must stay inside the store and alias no other file."""
@@ -439,7 +441,21 @@ class TokenStore:
         shard, base = self.shards[s], self._record_bases[s]
         if shard.records is None or base is None:
             return None
-        return shard.entry["input"]["url"], base + int(shard.records[i - int(self.doc_offsets[s])])
+        record = base + int(shard.records[i - int(self.doc_offsets[s])])
+        files = entry_inputs(shard.entry)
+        if len(files) == 1:
+            return files[0]["url"], record
+        ends = self._group_ends(s)  # a group: records count across its files in order
+        f = int(np.searchsorted(ends, record, side="right"))
+        if f == len(files):
+            raise StoreError(f"{shard.name}: record {record} is past its inputs' record counts")
+        return files[f]["url"], record - (int(ends[f - 1]) if f else 0)
+
+    def _group_ends(self, s: int) -> np.ndarray:
+        """Cumulative record counts of the files of grouped shard s (computed once)."""
+        if s not in self._ends:
+            self._ends[s] = np.cumsum([f["records"] for f in entry_inputs(self.shards[s].entry)])
+        return self._ends[s]
 
     def documents_at(self, start: int, stop: int) -> list[tuple[int, int, int]]:
         """(document, first token, end token) in stream offsets for every non-empty document

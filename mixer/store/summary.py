@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mixer.store.format import entry_inputs
 from mixer.store.reader import TokenStore
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
@@ -21,6 +22,9 @@ SAMPLE_CHARS = 200
 
 
 def _input_name(entry: dict[str, Any]) -> str:
+    if files := entry.get("inputs"):
+        more = f" + {len(files) - 1:,} more files" if len(files) > 1 else ""
+        return str(files[0].get("url", "?")) + more
     source = entry.get("input") or {}
     url = str(source.get("url", "?"))
     if "byte_range" in source:
@@ -51,9 +55,16 @@ def store_summary(store: TokenStore, sample: int = 0, decoder: Any = None) -> di
                 "share": int(e["tokens"]) / total,
                 "backend": e.get("backend"),
                 "input": e.get("input"),
+                **({"inputs": e["inputs"]} if "inputs" in e else {}),
             }
         )
-        if not exported:
+        if exported:
+            continue
+        if "inputs" in e:  # a group of files: each counts what it gave
+            for f in entry_inputs(e):
+                by_input[str(f.get("url", "?"))]["documents"] += int(f.get("documents", 0))
+                by_input[str(f.get("url", "?"))]["tokens"] += int(f.get("tokens", 0))
+        else:
             url = str((e.get("input") or {}).get("url", "?"))
             by_input[url]["documents"] += int(e["documents"])
             by_input[url]["tokens"] += int(e["tokens"])
@@ -181,7 +192,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  {'shard':<{name}}  {unit:>11}  {'tokens':>13}  {'share':>7}  {'backend':<9}  input"
     )
     for r in rows[:LISTED]:
-        where = _input_name({"input": r["input"]}) if r["input"] else "-"
+        where = _input_name(r) if r["input"] or r.get("inputs") else "-"
         lines.append(
             f"  {r['name']:<{name}}  {r[unit]:>11,}  {r['tokens']:>13,}  {r['share']:>7.2%}"
             f"  {str(r['backend'] or '-'):<9}  {_clip(where, 60)}"
