@@ -247,3 +247,66 @@ def test_bos_refusals(sampler, tmp_path):
     s = MixSampler(spec_for({"x": lying}, {"x": 1.0}, seq_len=8, blocks=20))
     with pytest.raises(MixerError, match="does not end with EOS 0, so its BOS would overwrite"):
         list(BatchIterator(s, 2, bos_id=999))
+
+
+# ---------------------------------------------------------------------------- the worker path
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> MixSampler:
+    """Stores of many small shards: most blocks of 33 tokens span two or more shards."""
+    root = tmp_path_factory.mktemp("sharded")
+    stores = {
+        "a": make_store(root / "a", 3000, seed=3, docs_per_shard=7),
+        "b": make_store(root / "b", 900, seed=4),
+    }
+    return MixSampler(spec_for(stores, {"a": 0.7, "b": 0.3}, seq_len=33, blocks=240))
+
+
+def test_document_starts_match_a_brute_force_reference_inside_and_across_shards(sharded):
+    blocks = sharded.read_many(np.arange(len(sharded)), positions=True)
+    tokens = blocks.tokens
+    starts = np.zeros(tokens.shape, dtype=bool)
+    starts[:, 0] = True
+    starts[:, 1:] = tokens[:, :-1] == 0  # a document starts after each EOS
+    assert np.array_equal(blocks.starts, starts)
+    for r in range(len(tokens)):
+        pos = [0]
+        for j in range(1, tokens.shape[1]):
+            pos.append(0 if starts[r, j] else pos[-1] + 1)
+        assert blocks.positions[r].tolist() == pos
+    for i in range(0, len(sharded), 17):
+        assert np.array_equal(sharded.get(i, positions=True)[1], blocks.positions[i])
+
+
+FLAGS = [
+    {},
+    {"int32": True},
+    {"positions": True},
+    {"documents": True},
+    {"documents": True, "loss_mask": True, "int32": True, "positions": True},
+    {"bos_id": 999, "documents": True, "positions": True, "int32": True},
+]
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "+".join(f) or "plain")
+@pytest.mark.parametrize("pin", [False, True])
+def test_mixed_dataloader_workers_hand_out_batchiterators_batches_exactly(sharded, flags, pin):
+    """Workers send each batch packed in one buffer; what comes out must be BatchIterator's
+    batch value for value: same keys in the same order, dtypes, shapes and bytes."""
+    expected = list(BatchIterator(sharded, 4, rank=1, world_size=2, **flags))
+    dataset = MixedIterableDataset(sharded, 4, rank=1, world_size=2, **flags)
+    got = list(MixedDataLoader(dataset, num_workers=2, pin_memory=pin))
+    assert len(got) == len(expected) == 30
+    for ref, batch in zip(expected, got, strict=True):
+        assert list(batch) == list(ref)
+        for key, value in ref.items():
+            if not isinstance(value, np.ndarray):
+                assert batch[key] == value and type(batch[key]) is type(value), key
+                continue
+            tensor = batch[key]
+            want = torch.from_numpy(value).dtype
+            if key in ("tokens", "inputs") and value.dtype != np.int32 or key == "source":
+                want = torch.int64
+            assert tensor.dtype == want and tensor.is_contiguous(), key
+            assert np.array_equal(tensor.numpy(), value), key

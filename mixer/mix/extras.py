@@ -34,33 +34,26 @@ from typing import Any
 import numpy as np
 
 from mixer.errors import MixerError
-from mixer.mix.sampler import MixSampler
+from mixer.mix.sampler import MixSampler, restart_positions
 
 
-def cu_seqlens(positions: np.ndarray) -> np.ndarray:
-    """Document start offsets of the flattened x for a (B, seq_len) array of x's positions."""
-    rows, seq_len = positions.shape
-    starts = positions == 0
-    starts[:, 0] = True
-    flat = np.flatnonzero(starts.ravel())
-    return np.append(flat, rows * seq_len).astype(np.int32)
+def cu_seqlens(starts: np.ndarray) -> np.ndarray:
+    """Segment start offsets of the flattened x for a (B, seq_len) mask of x's segment starts
+    (column 0 True)."""
+    rows, seq_len = starts.shape
+    return np.append(np.flatnonzero(starts), rows * seq_len).astype(np.int32)
 
 
-def restart_positions(starts: np.ndarray) -> np.ndarray:
-    """Position ids counting from 0 at every True of `starts` (B, width; column 0 is a start)."""
-    cols = np.arange(starts.shape[1])
-    return cols - np.maximum.accumulate(np.where(starts, cols, 0), axis=1)
-
-
-def with_bos(
-    tokens: np.ndarray, positions: np.ndarray, bos_id: int, eos_id: int
+def bos_segments(
+    tokens: np.ndarray, starts: np.ndarray, bos_id: int, eos_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens with `bos_id` just before each document start inside a row, their positions).
+    """(tokens with `bos_id` just before each document start inside a row, the mask of their
+    segment starts: column 0 and each BOS).
 
-    `positions` are the stores' (0 at each document start). The replaced tokens must be EOS: a
-    document that does not end with one would lose its last token, so that is refused."""
+    `starts` are the stores' document starts (`Blocks.starts`). The replaced tokens must be
+    EOS: a document that does not end with one would lose its last token, so that is refused."""
     bos = np.zeros(tokens.shape, dtype=bool)
-    bos[:, :-1] = positions[:, 1:] == 0
+    bos[:, :-1] = starts[:, 1:]
     if not (tokens[bos] == eos_id).all():
         raise MixerError(
             f"bos_id: a document in this batch does not end with EOS {eos_id}, so its BOS would "
@@ -69,7 +62,16 @@ def with_bos(
     out = tokens.copy()
     out[bos] = bos_id
     bos[:, 0] = True
-    return out, restart_positions(bos)
+    return out, bos
+
+
+def with_bos(
+    tokens: np.ndarray, positions: np.ndarray, bos_id: int, eos_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`bos_segments` from the stores' `positions` (0 at each document start): (tokens with
+    BOS, their positions)."""
+    out, segments = bos_segments(tokens, positions == 0, bos_id, eos_id)
+    return out, restart_positions(segments)
 
 
 def check_bos(sampler: MixSampler, bos_id: int | None, loss_mask: bool = False) -> int | None:
@@ -116,7 +118,7 @@ class Extras:
         self.loss_mask = loss_mask
         self.bos_id = bos_id
         self.eos_id = check_bos(sampler, bos_id, loss_mask)
-        self.need_positions = positions or documents or loss_mask or bos_id is not None
+        self.need_starts = positions or documents or loss_mask or bos_id is not None
         self.dtype = sampler.dtype
         if int32:
             vocab = max(store.vocab_size for store in sampler.stores)
@@ -125,18 +127,21 @@ class Extras:
             self.dtype = np.dtype(np.int32)
 
     def batch(
-        self, tokens: np.ndarray, sources: np.ndarray, positions: np.ndarray | None
+        self, tokens: np.ndarray, sources: np.ndarray, starts: np.ndarray | None
     ) -> dict[str, Any]:
+        """The batch dict of read blocks; `starts` is their `Blocks.starts` (None unless
+        `need_starts`)."""
         out: dict[str, Any] = {"tokens": tokens.astype(self.dtype, copy=False), "source": sources}
+        segments = starts
         if self.bos_id is not None:
-            inputs, positions = with_bos(tokens, positions, self.bos_id, self.eos_id)
+            inputs, segments = bos_segments(tokens, starts, self.bos_id, self.eos_id)
             out["inputs"] = inputs[:, :-1].astype(self.dtype, copy=False)
         if self.positions:
-            out["positions"] = positions
+            out["positions"] = restart_positions(segments)
         if self.documents:
-            cu = cu_seqlens(positions[:, :-1])
+            cu = cu_seqlens(segments[:, :-1])
             out["cu_seqlens"] = cu
             out["max_seqlen"] = int(np.diff(cu).max())
         if self.loss_mask:
-            out["loss_mask"] = positions[:, 1:] != 0
+            out["loss_mask"] = ~starts[:, 1:]
         return out

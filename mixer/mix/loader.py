@@ -252,11 +252,11 @@ class BatchIterator:
                 raise IndexError(f"steps outside [{self.origin_step}, {self.num_steps})")
             first = np.array([self.sample_of(s) for s in chunk], dtype=np.int64)
             rows = (first[:, None] + self.rank * b + np.arange(b)).ravel()
-            blocks = self.sampler.read_many(rows, self.extras.need_positions)
+            blocks = self.sampler.read_many(rows, starts=self.extras.need_starts)
             for n, step in enumerate(chunk):
                 part = slice(n * b, (n + 1) * b)
-                pos = None if blocks.positions is None else blocks.positions[part]
-                batch = self.extras.batch(blocks.tokens[part], blocks.sources[part], pos)
+                starts = None if blocks.starts is None else blocks.starts[part]
+                batch = self.extras.batch(blocks.tokens[part], blocks.sources[part], starts)
                 batch["index"] = rows[part]
                 batch["step"] = step
                 yield batch

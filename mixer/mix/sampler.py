@@ -66,11 +66,20 @@ class BlockRefs(NamedTuple):
 
 
 class Blocks(NamedTuple):
-    """Blocks read from the stores: tokens (n, seq_len + 1), source ids (n,), positions or None."""
+    """Blocks read from the stores: tokens (n, seq_len + 1), source ids (n,), and when asked
+    `positions` (n, seq_len + 1, restarting at 0 at each document start) and `starts` (the same
+    shape, True at column 0 and at each document start: what positions restart at)."""
 
     tokens: np.ndarray
     sources: np.ndarray
     positions: np.ndarray | None
+    starts: np.ndarray | None = None
+
+
+def restart_positions(starts: np.ndarray) -> np.ndarray:
+    """Position ids counting from 0 at every True of `starts` (n, width; column 0 is a start)."""
+    cols = np.arange(starts.shape[1])
+    return cols - np.maximum.accumulate(np.where(starts, cols, 0), axis=1)
 
 
 # ---------------------------------------------------------------------------- the period
@@ -271,11 +280,34 @@ class _SourceReader:
 
     def positions(self, block: int) -> np.ndarray:
         """Position ids that restart at 0 at each document start inside the block."""
-        start = block * self.seq_len
-        starts = self.store.document_starts(start, start + self.width) - start
-        reset = np.zeros(self.width, dtype=np.int64)
-        reset[starts] = starts
-        return np.arange(self.width) - np.maximum.accumulate(reset)
+        return restart_positions(self.starts_many(np.array([block], dtype=np.int64)))[0]
+
+    def starts_many(self, blocks: np.ndarray) -> np.ndarray:
+        """(len(blocks), seq_len + 1) bools, True at column 0 and at each document start: one
+        search of a shard's document index for all the blocks inside that shard; a block
+        spanning shards asks the store for its document starts."""
+        start = blocks * self.seq_len
+        starts = np.zeros((len(blocks), self.width), dtype=bool)
+        starts[:, 0] = True  # a block starts a segment whether or not a document starts there
+        offsets = self.store.token_offsets
+        shard = np.searchsorted(offsets, start, side="right") - 1
+        inside = start + self.width <= offsets[np.minimum(shard + 1, len(offsets) - 1)]
+        size = self.store.dtype.itemsize
+        for s in np.unique(shard[inside]).tolist():
+            rows = np.flatnonzero(inside & (shard == s))
+            pointers = self.shards[s].index.pointers
+            first = start[rows] - int(offsets[s])
+            lo = np.searchsorted(pointers, first * size, side="left")
+            hi = np.searchsorted(pointers, (first + self.width) * size, side="left")
+            count = hi - lo
+            # the documents lo..hi - 1 of each row, flattened
+            doc = np.arange(count.sum()) + np.repeat(lo - np.cumsum(count) + count, count)
+            cols = np.asarray(pointers[doc]) // size - np.repeat(first, count)
+            starts[np.repeat(rows, count), cols] = True
+        for r in np.flatnonzero(~inside).tolist():
+            begin = int(start[r])
+            starts[r, self.store.document_starts(begin, begin + self.width) - begin] = True
+        return starts
 
 
 # ---------------------------------------------------------------------------- the sampler
@@ -659,20 +691,24 @@ class MixSampler:
         reader = self._readers[s]
         return reader.read(block), reader.positions(block)
 
-    def read_many(self, indices: Iterable[int] | np.ndarray, positions: bool = False) -> Blocks:
-        """Blocks of many global indices at once (the loaders' path)."""
+    def read_many(
+        self, indices: Iterable[int] | np.ndarray, positions: bool = False, starts: bool = False
+    ) -> Blocks:
+        """Blocks of many global indices at once (the loaders' path); with `positions` their
+        positions and document starts, with `starts` only the starts (the cheaper half)."""
         refs = self.locate_many(indices)
         rows = list(zip(refs.source.tolist(), refs.block.tolist(), strict=True))
         tokens = np.empty((len(rows), self.seq_len + 1), dtype=self.dtype)
         readers = self._readers
         for row, (s, block) in enumerate(rows):
             tokens[row] = readers[s].slice(block)
-        pos = None
-        if positions:
-            pos = np.empty(tokens.shape, dtype=np.int64)
-            for row, (s, block) in enumerate(rows):
-                pos[row] = readers[s].positions(block)
-        return Blocks(tokens, refs.source, pos)
+        if not (positions or starts):
+            return Blocks(tokens, refs.source, None)
+        found = np.empty(tokens.shape, dtype=bool)
+        for s in np.unique(refs.source).tolist():
+            sel = refs.source == s
+            found[sel] = readers[s].starts_many(refs.block[sel])
+        return Blocks(tokens, refs.source, restart_positions(found) if positions else None, found)
 
     # -- batches
     def num_batches(self, global_batch_size: int) -> int:
@@ -709,6 +745,7 @@ class MixSampler:
                     blocks.tokens[rows],
                     blocks.sources[rows],
                     None if blocks.positions is None else blocks.positions[rows],
+                    None if blocks.starts is None else blocks.starts[rows],
                 )
 
     def batches(

@@ -43,16 +43,22 @@ from mixer.mix.loader import BatchIterator, LoaderState
 from mixer.mix.sampler import MixSampler, check_geometry
 
 
+def _dtype(key: str, value: np.ndarray) -> np.dtype:
+    """A batch array's tensor dtype: tokens int64 unless int32 was asked for, ids int64."""
+    if key in ("tokens", "inputs") and value.dtype != np.int32:
+        return np.dtype(np.int64)
+    if key in ("source", "index"):
+        return np.dtype(np.int64)
+    return value.dtype
+
+
 def _tensors(batch: dict[str, Any]) -> dict[str, Any]:
-    """numpy arrays -> tensors: tokens int64 unless int32 was asked for, ids int64."""
+    """numpy arrays -> tensors of `_dtype`; other values as they are."""
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if isinstance(value, np.ndarray):
-            if key in ("tokens", "inputs") and value.dtype != np.int32:
-                value = value.astype(np.int64, copy=False)
-            elif key in ("source", "index"):
-                value = value.astype(np.int64, copy=False)
-            out[key] = torch.from_numpy(np.ascontiguousarray(value))
+            value = np.ascontiguousarray(value.astype(_dtype(key, value), copy=False))
+            out[key] = torch.from_numpy(value)
         else:
             out[key] = value
     return out
@@ -67,6 +73,66 @@ def check_not_copied(guard: CopyGuard, what: str) -> None:
             "iterating it or asking its state_dict), use num_workers=0, or use MixedDataLoader, "
             "which restarts its workers"
         )
+
+
+_ALIGN = 64  # bytes: every array of a packed batch starts aligned for any dtype
+_TORCH_DTYPES: dict[np.dtype, torch.dtype] = {}
+
+
+class _Packed:
+    """One batch as one byte buffer, for the trip from a DataLoader worker to the main process.
+
+    Every tensor a worker sends costs a shared-memory segment and a descriptor handed over a
+    socket; a batch dict of several tensors costs that several times per batch, which at
+    8 x 2048 tokens takes longer than making the batch. Packed, a batch is one segment;
+    `unpack` gives back `_tensors(batch)` as views into it (no copy), keys in the same order
+    and every value equal. `pin_memory` (the DataLoader's pin thread) pins the one buffer.
+    """
+
+    def __init__(self, buffer: torch.Tensor, layout: tuple[tuple[Any, ...], ...]):
+        self.buffer = buffer
+        # (key, torch dtype, shape, strides, offset in elements) per array; (key, value) else
+        self.layout = layout
+
+    @classmethod
+    def pack(cls, batch: dict[str, Any]) -> _Packed:
+        arrays, layout, size = [], [], 0
+        for key, value in batch.items():
+            if not isinstance(value, np.ndarray):
+                layout.append((key, value))
+                continue
+            dtype = _dtype(key, value)
+            strides, n = [], 1
+            for dim in reversed(value.shape):
+                strides.insert(0, n)
+                n *= dim
+            if dtype not in _TORCH_DTYPES:
+                _TORCH_DTYPES[dtype] = torch.from_numpy(np.empty(0, dtype)).dtype
+            entry = (key, _TORCH_DTYPES[dtype], value.shape, tuple(strides), size // dtype.itemsize)
+            layout.append(entry)
+            arrays.append((size, dtype, value))
+            size += -(-value.size * dtype.itemsize // _ALIGN) * _ALIGN
+        buffer = np.empty(size, dtype=np.uint8)
+        for offset, dtype, value in arrays:
+            view = buffer[offset : offset + value.size * dtype.itemsize].view(dtype)
+            np.copyto(view.reshape(value.shape), value)
+        return cls(torch.from_numpy(buffer), tuple(layout))
+
+    def unpack(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        typed: dict[torch.dtype, torch.Tensor] = {}  # the buffer viewed as each dtype
+        for entry in self.layout:
+            if len(entry) == 2:
+                out[entry[0]] = entry[1]
+                continue
+            key, dtype, shape, strides, offset = entry
+            if dtype not in typed:
+                typed[dtype] = self.buffer.view(dtype)
+            out[key] = typed[dtype].as_strided(shape, strides, offset)
+        return out
+
+    def pin_memory(self, device: Any = None) -> _Packed:
+        return _Packed(self.buffer.pin_memory(), self.layout)
 
 
 def stream_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +190,7 @@ class MixedDataset(Dataset):
         self.world_size = world_size
         self.positions = positions
         self.extras = Extras(sampler, positions, documents, loss_mask, int32, bos_id)
-        self._rows = Extras(sampler, self.extras.need_positions, False, False, int32)
+        self._rows = Extras(sampler, self.extras.need_starts, False, False, int32)
         self._copies = CopyGuard()
 
     @property
@@ -150,9 +216,9 @@ class MixedDataset(Dataset):
         index = self._global_indices(items)
         if len(items):  # fetched: steps up to here can no longer change
             self.steps.step = max(self.steps.step, int(max(items)) // self.batch_size + 1)
-        blocks = self.sampler.read_many(index, self.extras.need_positions)
+        blocks = self.sampler.read_many(index, starts=self.extras.need_starts)
         batch = _tensors(
-            {**self._rows.batch(blocks.tokens, blocks.sources, blocks.positions), "index": index}
+            {**self._rows.batch(blocks.tokens, blocks.sources, blocks.starts), "index": index}
         )
         return [{key: value[n] for key, value in batch.items()} for n in range(len(items))]
 
@@ -160,8 +226,8 @@ class MixedDataset(Dataset):
         """Stack items into a batch and add the extras asked for (`mixer.mix.extras`)."""
         stacked = {key: torch.stack([item[key] for item in items]) for key in items[0]}
         positions = stacked.pop("positions", None)
-        pos = None if positions is None else positions.numpy()
-        extra = self.extras.batch(stacked["tokens"].numpy(), stacked["source"].numpy(), pos)
+        starts = None if positions is None else positions.numpy() == 0
+        extra = self.extras.batch(stacked["tokens"].numpy(), stacked["source"].numpy(), starts)
         return {**stacked, **_tensors(extra)}
 
     def set_weights(self, weights: dict[str, float], at_step: int) -> None:
@@ -250,7 +316,7 @@ class MixedIterableDataset(IterableDataset):
         steps = itertools.islice(self.batches.steps_left(), offset, None, info.num_workers)
         for batch in self.batches.iter_steps(steps):
             self.batches.step, self.worker = batch["step"] + 1, me  # this copy is the worker's
-            yield _tensors(batch)
+            yield _Packed.pack(batch) if self._tracked else _tensors(batch)
 
     @property
     def sampler(self) -> MixSampler:
@@ -320,7 +386,8 @@ class MixedDataLoader(DataLoader):
                 it = super().__iter__()
             finally:
                 self.dataset._tracked = False
-            for batch in it:
+            for item in it:
+                batch = item.unpack() if isinstance(item, _Packed) else item
                 batches.step = batch["step"] + 1
                 yield batch
                 if batches._changes != changes:
