@@ -546,7 +546,10 @@ def explain(
     world_size: Annotated[int, typer.Option(help="Data-parallel ranks sharing a step.")] = 1,
     state: Annotated[
         str | None,
-        typer.Option(help="A loader state_dict saved as JSON: apply its amendments and skips."),
+        typer.Option(
+            help="A loader state_dict saved as JSON (or a MixedTrainer checkpoint's "
+            "mixer_state.json): apply its steering, and place the step where that run had it."
+        ),
     ] = None,
     tokenizer: Annotated[
         str | None,
@@ -563,23 +566,34 @@ def explain(
 
     mix_spec = MixSpec.from_toml(spec)
     sampler = MixSampler(mix_spec)
-    if state is not None:
-        from mixer.mix.steering import apply_state_file
-
-        sampler = apply_state_file(sampler, state)
     size = global_batch_size or mix_spec.global_batch_size
+    first = None
+    if state is not None:
+        from mixer.mix.loader import LoaderState
+        from mixer.mix.steering import apply_steering, read_state_file
+
+        saved = read_state_file(state)
+        sampler = apply_steering(sampler, saved.get("steering", saved))
+        if "global_batch_size" in saved:  # a whole state: it knows where each step began
+            first, ran_at = LoaderState.from_dict(saved).locate_step(step)
+            if global_batch_size not in (None, ran_at):
+                raise MixerError(
+                    f"--global-batch-size: {global_batch_size}, but the state says step {step} "
+                    f"ran at {ran_at} blocks per step; leave it out"
+                )
+            size = ran_at
     if size is None:
         raise MixerError("--global-batch-size: needed, the spec gives total_tokens, not steps")
     decoder = load_decoder(sampler, tokenizer)
     if decoder is None:
         note_no_tokenizer(spec)
-    rows = explain_step(sampler, step, size, rank, world_size, decoder, chars)
+    rows = explain_step(sampler, step, size, rank, world_size, decoder, chars, first)
+    first = step * size if first is None else first
     if as_json:
-        typer.echo(json.dumps({"step": step, "global_batch_size": size, "rows": rows}, indent=2))
+        out = {"step": step, "global_batch_size": size, "first_block": first, "rows": rows}
+        typer.echo(json.dumps(out, indent=2))
         return
-    typer.echo(
-        f"step {step} (global batch size {size}, blocks [{step * size}, {(step + 1) * size}))"
-    )
+    typer.echo(f"step {step} (global batch size {size}, blocks [{first}, {first + size}))")
     typer.echo(format_rows(rows))
 
 

@@ -307,6 +307,14 @@ def test_set_weights_during_training_applies_from_its_step_and_resumes_byte_iden
     )
     with pytest.raises(MixerError, match="fingerprint: the spec's plan"):
         trainer.train(resume_from_checkpoint=True)  # the last checkpoint, checkpoint-6
+    # so is another global batch size (the Trainer would skip 3 x 2 blocks, not 12)
+    trainer = MixedTrainer(
+        model=model(),
+        args=args(tmp_path / "a", per_device_train_batch_size=2),
+        train_dataset=MixedTrainDataset(sampler),
+    )
+    with pytest.raises(MixerError, match="was trained at 4 blocks per step and this trainer"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
 
 
 def test_with_dataloader_workers_set_weights_works_before_train_and_is_refused_during_it(

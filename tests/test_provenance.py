@@ -222,3 +222,48 @@ def test_record_bases_add_up_the_earlier_tasks_of_each_file_and_stop_at_an_unkno
         {"name": "exported"},
     ]
     assert record_base(entries) == [9, 0, 0, 5, 7, None, 0, None]
+
+
+def test_mixer_explain_places_steps_of_a_run_resumed_at_another_batch_size(
+    corpus, tmp_path, capsys
+):
+    """A spec without global_batch_size, run at G = 6 for 5 steps and resumed at G = 4: step 7
+    is blocks [38, 42), not 7 x 4; the state records where each batch size began."""
+    from mixer.mix.loader import BatchIterator
+
+    spec = tmp_path / "free.toml"
+    spec.write_text(
+        f"seq_len = 16\nseed = 5\ntotal_tokens = {120 * 16}\n"
+        f'[[source]]\nname = "prov"\nstore = "{corpus["store"].root}"\nweight = 1.0\n'
+    )
+    sampler = MixSampler(MixSpec.from_toml(spec))
+    first = BatchIterator(sampler, batch_size=6)
+    for _ in zip(range(5), first, strict=False):
+        pass
+    second = BatchIterator(sampler, batch_size=2, world_size=2)
+    second.load_state_dict(first.state_dict())
+    seen = {int(b["step"]): b["index"].tolist() for _, b in zip(range(5), second, strict=False)}
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps(second.state_dict()))
+    assert json.loads(state.read_text())["segments"] == [[0, 0, 6], [5, 30, 4]]
+
+    def explain(*extra: str) -> dict:
+        assert cli("explain", str(spec), "--state", str(state), "--json", *extra) == 0
+        return json.loads(capsys.readouterr().out)
+
+    late = explain("--step", "7")
+    assert [r["index"] for r in late["rows"]] == [38, 39, 40, 41]
+    assert seen[7] == [38, 39]  # rank 0's half of the step
+    assert late["global_batch_size"] == 4 and late["first_block"] == 38
+    early = explain("--step", "3")
+    assert [r["index"] for r in early["rows"]] == list(range(18, 24))
+    assert cli("explain", str(spec), "--state", str(state), "--step", "7",
+               "--global-batch-size", "6") == 1  # fmt: skip
+    assert "the state says step 7 ran at 4 blocks per step" in capsys.readouterr().err
+    # a state that does not say where its batch size changed places only its own steps on
+    legacy = {k: v for k, v in second.state_dict().items() if k != "segments"}
+    state.write_text(json.dumps(legacy))
+    assert [r["index"] for r in explain("--step", "10")["rows"]] == [50, 51, 52, 53]
+    assert cli("explain", str(spec), "--state", str(state), "--step", "3") == 1
+    err = capsys.readouterr().err
+    assert "changed its global batch size before step 10" in err and err.count("\n") == 1

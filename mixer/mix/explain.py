@@ -62,10 +62,13 @@ def explain_step(
     world_size: int = 1,
     decoder: Any | None = None,
     chars: int = 60,
+    first: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of global batch `step` (only rank `rank`'s slice when given), each with its global
     block index, source, block, epoch, phase and documents (`MixSampler.provenance`, plus a
-    `text` preview when a decoder is given)."""
+    `text` preview when a decoder is given). The step's first global block is `first`, by
+    default step x global_batch_size; a run resumed at another global batch size places its
+    steps elsewhere, which its loader state knows (`LoaderState.locate_step`)."""
     check_global_batch(
         sampler.spec,
         global_batch_size,
@@ -73,9 +76,16 @@ def explain_step(
         params=("global_batch_size",),
     )
     steps = sampler.num_batches(global_batch_size)
-    if not 0 <= step < steps:
+    if first is None:
+        if not 0 <= step < steps:
+            raise MixerError(
+                f"step={step} outside [0, {steps}) for global batch size {global_batch_size}",
+                params=("step",),
+            )
+        first = step * global_batch_size
+    elif not 0 <= first <= len(sampler) - global_batch_size:
         raise MixerError(
-            f"step={step} outside [0, {steps}) for global batch size {global_batch_size}",
+            f"step={step} starts at block {first}, outside the run's {len(sampler)} blocks",
             params=("step",),
         )
     if global_batch_size % world_size:
@@ -84,7 +94,6 @@ def explain_step(
             params=("world_size",),
         )
     per_rank = global_batch_size // world_size
-    first = step * global_batch_size
     rows = range(first, first + global_batch_size)
     if rank is not None:
         if not 0 <= rank < world_size:

@@ -258,7 +258,16 @@ class MixedTrainer(Trainer):
             return  # a checkpoint of an unsteered run saved before mixer kept one
         with open(path) as f:
             state = json.load(f)
-        self._steered("resume").load_state_dict(state)
+        dataset = self._steered("resume")
+        g, saved = dataset.global_batch_size, int(state["global_batch_size"])
+        if saved != g:
+            raise MixerError(
+                f"MixedTrainer: {checkpoint} was trained at {saved} blocks per step and this "
+                f"trainer steps by {g}, so the Trainer would skip {state['step']} x {g} blocks, "
+                f"not the {state['samples']} trained on; resume with the same "
+                "per_device_train_batch_size x processes x gradient_accumulation_steps"
+            )
+        dataset.load_state_dict(state)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)

@@ -42,6 +42,12 @@ class LoaderState:
     state of the whole stream. `steering` (amendments and skipped ranges, `mixer.mix.steering`),
     `fingerprint` (of the plan before block `samples`) and `policy` (an online policy's state)
     are JSON dicts, absent when unused.
+
+    `segments`: where each stretch of steps at one global batch size began, oldest first, as
+    (step, samples, G); the last is the stretch the state is in. It is what maps any past step
+    to its blocks (`locate_step`) in a run resumed at another G; saved only when there was
+    more than the one stretch from step 0 (absent means ((0, 0, G),) when samples == step x G),
+    and None when unknown (a state saved before mixer kept them, from a resized run).
     """
 
     step: int
@@ -51,6 +57,46 @@ class LoaderState:
     steering: dict[str, Any] | None = None
     fingerprint: dict[str, str] | None = None
     policy: dict[str, Any] | None = None
+    segments: tuple[tuple[int, int, int], ...] | None = ()
+
+    def __post_init__(self) -> None:
+        if self.segments == ():  # the default: one stretch from step 0, when that fits
+            one = ((0, 0, self.global_batch_size),)
+            fits = self.samples == self.step * self.global_batch_size
+            object.__setattr__(self, "segments", one if fits else None)
+        if self.segments is None:
+            return
+        segments = tuple((int(a), int(b), int(c)) for a, b, c in self.segments)
+        object.__setattr__(self, "segments", segments)
+        step, samples, g = segments[-1]
+        pairs = zip(segments, segments[1:], strict=False)
+        ordered = all(x[0] < y[0] and x[1] <= y[1] for x, y in pairs)
+        if (
+            not ordered
+            or segments[0][:2] != (0, 0)
+            or g != self.global_batch_size
+            or step > self.step
+            or (samples + (self.step - step) * g != self.samples)
+        ):
+            raise MixerError(
+                f"loader state: segments {[list(x) for x in segments]} do not lead to step "
+                f"{self.step} at block {self.samples} with G {self.global_batch_size}"
+            )
+
+    def locate_step(self, step: int) -> tuple[int, int]:
+        """(first global block, G) of global step `step` in the run this state was taken in;
+        steps after the state are taken to continue at its G."""
+        if self.segments is None:
+            if step < self.step:
+                raise MixerError(
+                    f"step {step}: this state's run changed its global batch size before step "
+                    f"{self.step}, and the state (saved before mixer recorded where) cannot "
+                    f"place earlier steps; use a state saved at or before step {step}"
+                )
+            g = self.global_batch_size
+            return self.samples + (step - self.step) * g, g
+        start, samples, g = next(x for x in reversed(self.segments) if x[0] <= step)
+        return samples + (step - start) * g, g
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -64,6 +110,9 @@ class LoaderState:
         for key in ("steering", "fingerprint", "policy"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.segments != ((0, 0, self.global_batch_size),):
+            segments = self.segments
+            out["segments"] = None if segments is None else [list(x) for x in segments]
         return out
 
     @classmethod
@@ -97,6 +146,7 @@ class LoaderState:
             state.get("steering"),
             state.get("fingerprint"),
             state.get("policy"),
+            state.get("segments", ()),
         )
 
 
@@ -150,6 +200,7 @@ class BatchIterator:
         self.origin_step = 0
         self.origin_samples = 0
         self.step = 0
+        self.segments: tuple[tuple[int, int, int], ...] | None = ()  # LoaderState.segments
         self.load_state_dict(
             {"step": start_step, "global_batch_size": self.global_batch_size}, origin=True
         )
@@ -273,6 +324,7 @@ class BatchIterator:
             steering=steering_state(self.sampler),
             fingerprint=self.sampler.fingerprint(samples),
             policy=None if self.policy is None else self.policy.state_dict(),
+            segments=self.segments,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -314,4 +366,9 @@ class BatchIterator:
         self.sampler = sampler
         self.origin_step, self.origin_samples = parsed.step, parsed.samples
         self.step = parsed.step
+        self.segments = parsed.segments
+        if self.segments is not None and self.segments[-1][2] != self.global_batch_size:
+            # a new stretch at this loader's G (replacing one that had no step yet)
+            kept = tuple(x for x in self.segments if x[0] < parsed.step)
+            self.segments = (*kept, (parsed.step, parsed.samples, self.global_batch_size))
         self._changes += 1

@@ -48,6 +48,12 @@ def apply_steering(sampler: MixSampler, state: Mapping[str, Any]) -> MixSampler:
 
 def apply_state_file(sampler: MixSampler, path: str | os.PathLike) -> MixSampler:
     """`apply_steering` with a loader `state_dict()` saved as JSON (`mixer explain --state`)."""
+    state = read_state_file(path)
+    return apply_steering(sampler, state.get("steering", state))
+
+
+def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A loader `state_dict()` (or its steering alone) saved as a JSON object."""
     try:
         with open(path) as f:
             state = json.load(f)
@@ -57,7 +63,7 @@ def apply_state_file(sampler: MixSampler, path: str | os.PathLike) -> MixSampler
         raise MixerError(f"state file {path}: not JSON ({e.msg})") from None
     if not isinstance(state, dict):
         raise MixerError(f"state file {path}: expected a JSON object (a loader state_dict)")
-    return apply_steering(sampler, state.get("steering", state))
+    return state
 
 
 def keep_future_steering(
