@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_sampler import make_store, spec_for
 
@@ -67,3 +68,33 @@ def test_grain_recipe(sampler):
     scope = run("grain", sampler=sampler)
     assert scope["first"]["index"].tolist() == [0, 1, 2, 3]
     assert scope["first"]["cu_seqlens"][-1] == 4 * 8
+
+
+def test_steer_stateful_recipe(sampler):
+    pytest.importorskip("torchdata")
+    from mixer.mix.loader import BatchIterator
+    from mixer.mix.torch import stream_state
+
+    scope = run("steer-stateful", sampler=sampler)
+    assert len(stream_state(scope["ckpt"])["steering"]["amendments"]) == 1
+    steered = sampler.amended({"a": 0.5, "b": 0.5}, 8).amended({"b": 1.0}, 40)
+    expected = {b["step"]: b["tokens"] for b in BatchIterator(steered, 4) if b["step"] >= 4}
+    seen = scope["seen"]
+    assert sorted(seen) == sorted(expected)
+    assert all(np.array_equal(seen[s].numpy(), expected[s]) for s in seen)
+
+
+def test_steer_hf_recipes(sampler, tmp_path):
+    pytest.importorskip("transformers")
+    import json
+
+    from test_hf import model
+
+    scope = run("steer-hf", sampler=sampler, out=str(tmp_path), model=model())
+    saved = json.loads((tmp_path / "checkpoint-2" / "mixer_state.json").read_text())
+    assert saved["steering"]["amendments"] == [{"at_block": 12, "weights": {"b": 1.0}}]
+    assert scope["model"].seen[3] == [sampler.amended({"b": 1.0}, 12)[i].tolist()
+                                      for i in range(12, 16)]  # fmt: skip
+    args = scope["args"]
+    policy = run("steer-policy", sampler=sampler, model=model(), args=args)
+    assert policy["trainer"].train_dataset.sampler.amendments  # proposals after steps 1 and 3

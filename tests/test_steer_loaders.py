@@ -141,3 +141,13 @@ def test_a_map_style_dataset_refuses_an_online_policy(spec):
     dataset = MixedDataset(MixSampler(spec), batch_size=4)
     with pytest.raises(MixerError, match="an online policy needs a loader that hands out"):
         dataset.set_policy(ExcessLossPolicy(("a", "b"), {"a": 1.0}, every=2))
+
+
+def test_grain_s_batch_source_refuses_set_weights_and_a_policy(spec):
+    from mixer.mix.grain import BatchSource
+
+    source = BatchSource(MixSampler(spec), batch_size=4)
+    with pytest.raises(MixerError, match="build the source from an amended sampler"):
+        source.set_weights({"a": 1.0}, at_step=3)
+    with pytest.raises(MixerError, match="use BatchIterator with report_loss"):
+        source.set_policy(None)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mixer.errors import MixerError
 from mixer.mix.loader import BatchIterator
 from mixer.mix.sampler import MixSampler
 
@@ -43,6 +44,19 @@ class BatchSource:
     def __getitem__(self, record: int) -> dict[str, Any]:
         step = int(self.steps[record])
         return next(self.batches.iter_steps([step]))
+
+    def set_weights(self, weights: dict[str, float], at_step: int) -> None:
+        raise MixerError(
+            "BatchSource.set_weights: grain's workers read records ahead on their own copies; "
+            "build the source from an amended sampler (MixSampler.amended) or from a state "
+            "with the change"
+        )
+
+    def set_policy(self, policy: Any) -> None:
+        raise MixerError(
+            "BatchSource: an online policy changes weights during training, which grain's "
+            "workers would not see; use BatchIterator with report_loss"
+        )
 
     def __repr__(self) -> str:  # grain logs and checkpoints the source's repr
         b = self.batches
