@@ -163,3 +163,55 @@ def test_surrogate_check_skipped_for_orjson_records_only(
             outcome.append((docs, dict(stats.skipped)))
         results.append(outcome)
     assert results[0] == results[1]
+
+
+_LINES = st.sampled_from(
+    [
+        b'{"text": "plain ascii"}',
+        '{"text": "caf\u00e9 \U0001f600", "id": 3}'.encode(),
+        b'{"text": "crlf"}\r',  # with the b"\n" joined after it: a CRLF line
+        b"",  # blank
+        b"   ",
+        b'{"text": "x"',  # malformed
+        b"[1, 2]",  # not an object
+        b'{"id": 1}',  # no text
+        b'{"text": null}',
+        b'{"text": 7}',
+        b'{"text": ""}',
+        b'{"text": "\\ud800 lone"}',  # orjson refuses, json gives a lone surrogate
+        b'{"text": "big", "n": 123456789012345678901234567890}',
+        b'{"text": "' + b"q" * 30 + b'"}',  # over limit / 4 characters, within the limit
+        b'{"text": "' + "\u00e9".encode() * 30 + b'"}',  # within by characters, over by bytes
+        b'{"text": "' + b"w" * 70 + b'"}',  # a line over the limit
+        b'\xff{"text": "bad utf-8"}',
+    ]
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(lines=st.lists(_LINES, min_size=1, max_size=12), fmt=st.sampled_from(["jsonl", "zst"]))
+def test_one_loop_jsonl_path_matches_the_general_path(tmp_path_factory, lines, fmt):
+    """jsonl without filters reads in one loop (`_jsonl_numbered`): the same (record number,
+    document) pairs, counts (documents, records, skipped, probe) and first error as the
+    general line path (`_numbered`), for every kind of line, in any order."""
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path_factory.mktemp("oneloop") / f"a.jsonl{'.zst' if fmt == 'zst' else ''}"
+    path.write_bytes(zstandard.ZstdCompressor().compress(data) if fmt == "zst" else data)
+    results = []
+    for read in (readers._read_part, readers._numbered):
+        outcome = []
+        for on_error in ("skip", "fail"):
+            options = readers.ReadOptions(on_error=on_error, max_document_bytes=64)
+            stats = readers.ReadStats()
+            task = inputs.plan_tasks(inputs.expand_inputs([str(path)]), options=options)[0]
+            docs: list = []
+            try:
+                docs.extend(read(task.parts[0], options, stats))
+            except MixerError as e:
+                docs.append(f"error: {e}")
+            probe = stats.probe
+            counts = (stats.documents, stats.records, dict(stats.skipped), stats.filtered)
+            outcome.append((docs, counts, probe.records, probe.matched, probe.keys))
+        results.append(outcome)
+    assert results[0] == results[1]

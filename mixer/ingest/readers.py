@@ -128,6 +128,15 @@ def read_numbered(
 
 
 def _read_part(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[int, str]]:
+    # Records orjson parsed (exact dicts from the fast JSON path) hold no lone surrogate: orjson
+    # refuses them, and what it refuses comes back from `json` as a `_StdlibRecord`. A dotted
+    # text field may go through a JSON string that `get_field` decodes with `json`: checked.
+    if task.format.startswith("jsonl") and not options.where and "." not in options.text_field:
+        return _jsonl_numbered(task, options, stats)
+    return _numbered(task, options, stats)
+
+
+def _numbered(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[int, str]]:
     if task.format == "parquet":
         records: Iterator[tuple[Any, Any]] = _parquet_records(task, options, stats)
     elif task.format.startswith("txt") and options.txt_mode == "document":
@@ -136,23 +145,62 @@ def _read_part(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[t
         records = _txt_document(task, options, stats)
     else:
         records = _line_records(task, options, stats)
-    # Records orjson parsed (exact dicts from the fast JSON path) hold no lone surrogate: orjson
-    # refuses them, and what it refuses comes back from `json` as a `_StdlibRecord`. A dotted
-    # text field may go through a JSON string that `get_field` decodes with `json`: checked.
-    orjson_dicts = (
-        task.format.startswith("jsonl") and not options.where and "." not in options.text_field
-    )
     for where, item in records:
-        try:
-            if isinstance(item, _BadRecord):
-                raise item
-            encodable = orjson_dicts and item.__class__ is dict
-            text = _document(item, options, stats, encodable)
-        except _BadRecord as bad:
-            if options.on_error == "skip":
-                stats.skipped[bad.reason] += 1
-                continue
-            raise InputError(f"{task.url}:{where()}: {bad.detail}", params=bad.params) from None
+        text = _settle(task, options, stats, where, item, False)
+        if text is not None:
+            stats.documents += 1
+            yield stats.records - 1, text
+
+
+def _settle(
+    task: Task, options: ReadOptions, stats: ReadStats, where: Any, item: Any, encodable: bool
+) -> str | None:
+    """The document of one record, or None when it is filtered out or skipped (counted);
+    a bad record under on_error="fail" raises `InputError` naming `task.url:where()`."""
+    try:
+        if isinstance(item, _BadRecord):
+            raise item
+        return _document(item, options, stats, encodable)
+    except _BadRecord as bad:
+        if options.on_error == "skip":
+            stats.skipped[bad.reason] += 1
+            return None
+        raise InputError(f"{task.url}:{where()}: {bad.detail}", params=bad.params) from None
+
+
+def _jsonl_numbered(
+    task: Task, options: ReadOptions, stats: ReadStats
+) -> Iterator[tuple[int, str]]:
+    """`read_numbered` of a jsonl task without filters or a dotted text field, in one loop.
+
+    A line whose orjson dict holds a non-empty str text of at most max_document_bytes / 4
+    characters (so at most that many UTF-8 bytes) is a document right here, with the counts
+    `_document_of`'s unfiltered path makes; every other line (the task's first record, which
+    the probe looks at, blank, malformed, too long, missing or odd text) goes through
+    `_line_item` and `_settle` like any line format's. Same documents, numbers, counts and
+    errors: the per-line calls and generator levels it saves are a third of reading
+    (BENCHMARKS.md, "Tokenize pipeline")."""
+    lines = _Lines(task, options, stats)
+    field, short, probe = options.text_field, options.max_document_bytes // 4, stats.probe
+    loads, refused = orjson.loads, orjson.JSONDecodeError
+    for line in lines:
+        if line.__class__ is bytes and probe.records:
+            try:
+                record = loads(line)  # JSON allows the line break left at the end
+            except refused:
+                record = None
+            if record.__class__ is dict:
+                text = record.get(field)
+                if text.__class__ is str and 0 < len(text) <= short:
+                    probe.records += 1
+                    probe.matched += 1
+                    stats.documents += 1
+                    yield stats.records - 1, text
+                    continue
+        item = _line_item(line, True, True)
+        if item is None:
+            continue
+        text = _settle(task, options, stats, lines.lineno, item, item.__class__ is dict)
         if text is not None:
             stats.documents += 1
             yield stats.records - 1, text
@@ -257,19 +305,22 @@ def _line_records(task: Task, options: ReadOptions, stats: ReadStats) -> Iterato
     is_json = task.format.startswith("jsonl")
     fast = not options.where
     for line in lines:
-        if isinstance(line, _BadRecord):
-            yield lines.lineno, line
-            continue
-        if line.endswith(b"\n"):
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        item: Any
-        try:
-            item = _parse_json(line, fast) if is_json else _decode(line)
-        except _BadRecord as bad:
-            item = bad
-        if item is None:
-            continue  # blank lines (typically at the end of a file) are not records
-        yield lines.lineno, item
+        item = _line_item(line, is_json, fast)
+        if item is not None:  # blank lines (typically at the end of a file) are not records
+            yield lines.lineno, item
+
+
+def _line_item(line: bytes | _BadRecord, is_json: bool, fast: bool) -> Any:
+    """The record of one raw line (`_parse_json`'s or its text), a `_BadRecord`, or None for
+    a blank line."""
+    if isinstance(line, _BadRecord):
+        return line
+    if line.endswith(b"\n"):
+        line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    try:
+        return _parse_json(line, fast) if is_json else _decode(line)
+    except _BadRecord as bad:
+        return bad
 
 
 def _parse_json(line: bytes, fast: bool = True) -> dict | None:
@@ -344,7 +395,7 @@ class _Lines:
                 while line := readline(limit + 2):
                     self.count += 1
                     stats.records += 1
-                    if _too_long(line, limit):
+                    if len(line) > limit and _too_long(line, limit):
                         _skip_line(line, readline)
                         yield _too_large(limit)
                     else:
@@ -366,7 +417,7 @@ class _Lines:
                 stats.bytes_read += len(line)
                 self.count += 1
                 stats.records += 1
-                if _too_long(line, limit):
+                if len(line) > limit and _too_long(line, limit):
                     rest = _skip_line(line, stream.readline)
                     pos += rest
                     stats.bytes_read += rest
