@@ -63,6 +63,21 @@ def test_hf_recipe(sampler, tmp_path):
     del transformers
 
 
+@pytest.mark.slow  # importing lightning alone takes 8-16 s here
+def test_lightning_recipe(sampler, tmp_path):
+    pytest.importorskip("lightning")
+    torch = pytest.importorskip("torch")
+    scope = run("lightning", sampler=sampler, out=str(tmp_path))
+    expected = [list(range(s * 4, s * 4 + 4)) for s in range(25)]
+    assert scope["model"].seen == expected  # the whole mix, in order
+    # the checkpoint at step 10 holds the loader's state, and the resumed fit trains on exactly
+    # the batches the uninterrupted one did after step 10, to the end of the epoch
+    ckpt = torch.load(tmp_path / "epoch=0-step=10.ckpt", weights_only=False)
+    (state,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert state["step"] == 10 and state["samples"] == 40
+    assert scope["resumed"].seen == expected[10:]
+
+
 def test_grain_recipe(sampler):
     pytest.importorskip("grain")
     scope = run("grain", sampler=sampler)

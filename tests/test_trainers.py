@@ -310,3 +310,22 @@ def test_mixed_dataloader_workers_hand_out_batchiterators_batches_exactly(sharde
                 want = torch.int64
             assert tensor.dtype == want and tensor.is_contiguous(), key
             assert np.array_equal(tensor.numpy(), value), key
+
+
+def test_mixed_dataloader_len_is_the_runs_batches_before_and_after_a_resume(sampler):
+    """Lightning counts an epoch's batches with len(loader) and the batches fetched before the
+    checkpoint; a length that shrank on resume would end the resumed epoch early."""
+    loader = MixedDataLoader(MixedIterableDataset(sampler, 4), num_workers=2)
+    assert len(loader) == 25
+    for _ in zip(range(7), loader, strict=False):
+        pass
+    fresh = MixedDataLoader(MixedIterableDataset(sampler, 4), num_workers=2)
+    fresh.load_state_dict(loader.state_dict())
+    assert len(fresh) == 25 and len(fresh.dataset) == 18
+    assert len(list(fresh)) == 18 and len(fresh) == 25
+    skipping = MixedDataLoader(MixedIterableDataset(sampler, 4))
+    skipping.skip_steps(2, 5)  # never handed out, so not counted
+    assert len(skipping) == 22 == len(list(skipping))
+    resumed = MixedDataLoader(MixedIterableDataset(sampler, 4))
+    resumed.load_state_dict(skipping.state_dict())
+    assert len(resumed) == 22

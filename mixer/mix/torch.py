@@ -360,6 +360,10 @@ class MixedDataLoader(DataLoader):
 
     Workers run on copies of the dataset, so only the main process knows which batches the
     trainer received; this loader records each one as it hands it out.
+
+    ``len(loader)`` is the run's batches counted from step 0, the same before and after a
+    resume (Lightning counts an epoch's batches so, and so do learning-rate schedules); the
+    batches still to come are ``len(loader.dataset)``.
     """
 
     def __init__(self, dataset: MixedIterableDataset, num_workers: int = 0, **kwargs: Any):
@@ -376,6 +380,13 @@ class MixedDataLoader(DataLoader):
             raise MixerError("batch_size: set it on the MixedIterableDataset, not the loader")
         kwargs.pop("batch_size", None)
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
+
+    def __len__(self) -> int:
+        batches = self.dataset.batches
+        done = batches.step
+        if batches.sampler.skip_blocks:  # skipped steps are never handed out
+            done -= sum(1 for s in range(batches.step) if batches._skipped(s))
+        return done + len(batches)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = self.dataset.batches
