@@ -601,7 +601,7 @@ def test_log_lines_name_the_command_s_flags(tmp_path, tokenizer_path, capsys, mo
     for split in ("train", "test"):
         (tmp_path / "data" / split).mkdir(parents=True)
         (tmp_path / "data" / split / "a.jsonl").write_text('{"text": "hello"}\n')
-    (tmp_path / "data" / "train" / "b.jsonl").write_text('{"text": "world"}\n')
+    (tmp_path / "data" / "train" / "b.txt").write_text("world")  # not grouped with a.jsonl
     monkeypatch.setattr("os.cpu_count", lambda: 2)  # two tasks, two CPUs, too little for Ray
     monkeypatch.setattr("mixer.ingest.driver._said_ray_note", False)  # said once per process
     argv = ["tokenize", str(tmp_path / "data"), "-t", tokenizer_path, "-o", str(tmp_path / "o")]
