@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import unicodedata
@@ -17,10 +18,10 @@ import pytest
 import zstandard
 
 from mixer.cli import main
-from mixer.errors import SpecError
+from mixer.errors import SpecError, StoreError
 from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec, SourceSpec
-from mixer.store.writer import write_store
+from mixer.store.writer import ShardWriter, write_store
 
 
 def one_line_error(argv, capsys) -> str:
@@ -244,3 +245,51 @@ def test_disk_full_in_tokenize_and_export_is_one_line(tmp_path, capsys, tokenize
     err = one_line_error(["mix", spec, "--export", str(full_disk / "mixed")], capsys)
     assert "No space left on device" in err
     assert not list((full_disk / "mixed").iterdir())
+
+
+def test_disk_full_on_ray_workers_is_one_line_and_leaves_no_shard_parts(
+    tmp_path, capsys, tokenizer_path, full_disk, ray_local, monkeypatch
+):
+    from mixer.ingest import driver
+
+    executors = []
+
+    def recording(executor):
+        def run(*args, **kwargs):
+            executors.append(executor.__name__)
+            return executor(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(driver, "run_on_ray", recording(driver.run_on_ray))
+    monkeypatch.setattr(driver, "run_in_process", recording(driver.run_in_process))
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl_bytes(150_000))  # 4 MB in 1 MiB tasks: their shards outgrow 1 MiB
+    store = full_disk / "store"
+    argv = ["tokenize", str(path), "-t", tokenizer_path, "-o", str(store), "--workers", "2"]
+    err = one_line_error([*argv, "--chunk-mb", "1", "--backend", "hf", "--no-progress"], capsys)
+    assert executors == ["run_on_ray"]  # the tasks (and so their writes) ran as Ray tasks
+    assert "cannot write: No space left on device; free some space or write elsewhere" in err
+    if (pid := re.search(r"\.tmp-(\d+)", err)) is not None:  # a shard's temporary, if named
+        assert int(pid.group(1)) != os.getpid()  # written by a Ray worker, not this process
+    left = sorted(p.name for p in store.iterdir())
+    assert "manifest.json" not in left and not [n for n in left if ".tmp-" in n], left
+    for shard in {n.split(".")[0] for n in left}:  # shards that finished stay whole, for a rerun
+        assert {f"{shard}.bin", f"{shard}.idx", f"{shard}.rec"} <= set(left), left
+
+
+def test_a_shard_whose_index_finds_the_disk_full_publishes_no_part_of_itself(full_disk):
+    """The .bin and .rec fit, the .idx does not: close fails and leaves nothing behind."""
+    filler = full_disk / "filler"
+    with open(filler, "wb") as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * (1 << 16))
+            f.flush()
+    os.truncate(filler, filler.stat().st_size - (28 << 10))  # room for the .bin and .rec only
+    writer = ShardWriter(full_disk, "shard-00000", np.uint16)
+    n = 4096  # .bin 8 KiB, .rec 16 KiB, .idx about 80 KiB
+    writer.add_documents(np.ones(n, np.int32), np.arange(n) % 7, np.arange(n))
+    with pytest.raises(StoreError, match="shard-00000.idx: cannot write: No space left"):
+        writer.close()
+    writer.abort()
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]

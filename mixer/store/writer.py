@@ -88,9 +88,14 @@ class ShardWriter:
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int32)
         idx_bytes = encode_index(lengths, self.dtype)
         bin_name, idx_name = f"{self.name}.bin", f"{self.name}.idx"
-        provenance = self._write_records() if self._records else {}
-        write_bytes_atomic(self.root / idx_name, idx_bytes)
-        os.replace(self._bin_tmp, self.root / bin_name)
+        try:
+            provenance = self._write_records() if self._records else {}
+            write_bytes_atomic(self.root / idx_name, idx_bytes)
+            os.replace(self._bin_tmp, self.root / bin_name)
+        except BaseException:  # a shard is published whole or not at all (a full disk)
+            for name in (f"{self.name}.rec", idx_name):
+                (self.root / name).unlink(missing_ok=True)
+            raise
         return {
             "name": self.name,
             "bin": bin_name,
