@@ -2,10 +2,11 @@
 
     python tests/hf_ddp_worker.py STORES_JSON OUT MODE   (env: RANK, WORLD_SIZE, MASTER_*)
 
-MODE "full": train 6 steps, checkpoint at step 3, then check that a dataset which shards
-itself is refused under the real 2 processes. MODE "resume": a fresh run resumed from
-OUT/checkpoint-3. Each process writes OUT/MODE-RANK.json: the input_ids of every training
-forward, the per-source losses it logged and the refusal message (full).
+MODE "full": train 6 steps with an online mixing policy (MixedTrainer.set_policy), checkpoint
+at step 3, then check that a dataset which shards itself is refused under the real 2
+processes. MODE "resume": a fresh run resumed from OUT/checkpoint-3. Each process writes
+OUT/MODE-RANK.json: the input_ids of every training forward, the per-source losses it logged,
+the refusal message (full), the amendments its dataset ended with and the policy's state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from test_sampler import spec_for  # noqa: E402
 
 from mixer.errors import MixerError  # noqa: E402
 from mixer.mix.hf import MixedTrainDataset, MixedTrainer  # noqa: E402
+from mixer.mix.policy import ExcessLossPolicy  # noqa: E402
 from mixer.mix.sampler import MixSampler  # noqa: E402
 from mixer.mix.torch import MixedDataset  # noqa: E402
 
@@ -36,6 +38,16 @@ def main() -> None:
     trainer = MixedTrainer(
         model=m, args=train_args, train_dataset=MixedTrainDataset(sampler), per_source_loss=True
     )
+    # a's reference loss is out of reach: only b has excess loss, so b gains 0.2 per proposal
+    policy = ExcessLossPolicy(
+        sampler.source_names,
+        {"a": 0.75, "b": 0.25},
+        every=2,
+        reference_losses={"a": 100.0},
+        eta=5.0,
+        max_change=0.2,
+    )
+    trainer.set_policy(policy)
     refusal = None
     if mode == "full":
         trainer.train()
@@ -59,6 +71,8 @@ def main() -> None:
         "seen": m.seen,
         "logs": logs,
         "refusal": refusal,
+        "amendments": [a.to_dict() for a in trainer.train_dataset.sampler.amendments],
+        "policy": policy.state_dict(),
     }
     (out / f"{mode}-{rank}.json").write_text(json.dumps(record))
     # The results are written: skip interpreter teardown, where gloo's threads sometimes abort

@@ -208,7 +208,7 @@ def launch(stores: dict[str, str], out, mode: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_see_each_global_batch_once_and_resume_exactly(tmp_path):
+def test_two_processes_see_each_global_batch_once_steer_alike_and_resume_exactly(tmp_path):
     stores = {
         "a": make_store(tmp_path / "a", 700, seed=1),
         "b": make_store(tmp_path / "b", 200, seed=2),
@@ -216,6 +216,13 @@ def test_two_processes_see_each_global_batch_once_and_resume_exactly(tmp_path):
     sampler = MixSampler(spec_for(stores, {"a": 0.75, "b": 0.25}, seq_len=8, blocks=100))
     full = launch(stores, tmp_path, "full")
     assert [r["world_size"] for r in full] == [2, 2]
+    # one policy, fed each step's losses summed over both processes: the same proposals at the
+    # same steps on both ranks (b up by its max_change after steps 1, 3 and 5)
+    assert full[0]["amendments"] == full[1]["amendments"]
+    assert full[0]["policy"] == full[1]["policy"]
+    assert [a["weights"]["b"] for a in full[0]["amendments"]] == pytest.approx([0.45, 0.65, 0.85])
+    for a in full[0]["amendments"]:
+        sampler = sampler.amended(a["weights"], a["at_block"])
     # global step s is blocks [4s, 4s + 4): rank r trained on its contiguous half, no block twice
     for s in range(6):
         union = full[0]["seen"][s] + full[1]["seen"][s]
@@ -227,8 +234,10 @@ def test_two_processes_see_each_global_batch_once_and_resume_exactly(tmp_path):
     for r in full:
         assert "double sharding drops data" in r["refusal"]
     resumed = launch(stores, tmp_path, "resume")
-    for rank in range(2):
+    for rank in range(2):  # with the checkpoint's amendments and policy state
         assert resumed[rank]["seen"] == full[rank]["seen"][3:]
+        assert resumed[rank]["amendments"] == full[rank]["amendments"]
+        assert resumed[rank]["policy"] == full[rank]["policy"]
 
 
 def test_bos_puts_bos_before_each_document_in_input_ids_and_keeps_eos_in_labels(sampler):
