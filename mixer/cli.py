@@ -298,6 +298,14 @@ def tokenize(
             "(default 16777216, 16 MiB; bounds memory for any input).",
         ),
     ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="A trial: only the first N documents, in input order, in this process. The "
+            "store is marked a trial; a run without --limit into it replaces it.",
+        ),
+    ] = None,
 ) -> None:
     """Tokenize corpora (jsonl, jsonl.gz, jsonl.zst, parquet, txt) into a token store."""
     from mixer.ingest.driver import tokenize as run_tokenize
@@ -324,6 +332,7 @@ def tokenize(
         exclude=tuple(exclude or ()),
         all_splits=all_splits,
         **({} if max_document_bytes is None else {"max_document_bytes": max_document_bytes}),
+        limit=limit,
     )
     if dry_run:
         plan = run_tokenize(job, dry_run=True)
@@ -345,6 +354,8 @@ def format_plan(plan: dict) -> str:
         f"--chunk-mb {plan['chunk_bytes'] >> 20})",
         f"output   {plan['out']} ({state})",
     ]
+    if plan.get("limit") is not None:
+        lines.insert(1, f"trial    only the first {plan['limit']:,} documents (--limit)")
     lines += [f"  {url}" for url in plan["first_files"]]
     if plan["files"] > len(plan["first_files"]):
         lines.append(f"  (+{plan['files'] - len(plan['first_files']):,} more files)")
@@ -636,6 +647,14 @@ def run(
         bool,
         typer.Option("--dry-run", help="Show each store's files, tasks and output; run nothing."),
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="A trial: each store only the first N documents (see mixer tokenize --limit); "
+            "a run without it replaces the trial stores.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the stores' summaries and the report as JSON.")
     ] = False,
@@ -662,6 +681,7 @@ def run(
             force=force,
             dry_run=dry_run,
             as_json=as_json,
+            limit=limit,
         )
     )
 

@@ -30,7 +30,8 @@ from mixer.report import format_report, mix_report, plot_mix
 
 logger = logging.getLogger(__name__)
 
-_RUN_KEYS = ("tokenizer", "out", "workers", "ray_address")  # set by the recipe or by `mixer run`
+# Set by the recipe or by `mixer run`, not by a store's table.
+_RUN_KEYS = ("tokenizer", "out", "workers", "ray_address", "limit")
 _STORE_KEYS = ("datasets", *(k for k in TokenizeJob.field_names() if k not in _RUN_KEYS))
 
 
@@ -114,14 +115,17 @@ def run_pipeline(
     force: bool = False,
     dry_run: bool = False,
     as_json: bool = False,
+    limit: int | None = None,
 ) -> str:
     """Tokenize -> mix report -> export/plot; every step is skipped when already complete.
 
     Returns what the CLI prints: the mix report as text (`mixer.report.format_report`), or with
     `as_json` one JSON object (the stores' summaries, the report and the outputs); with
     `dry_run`, each store's plan, and nothing runs. `inputs` overrides stores' inputs by store
-    name; `workers`, `ray_address` and `progress` are as for `tokenize`; `force` rewrites an
-    export that differs from this recipe's (otherwise refused)."""
+    name; `workers`, `ray_address`, `progress` and `limit` are as for `tokenize`; `force`
+    rewrites an export that differs from this recipe's (otherwise refused). With `limit`, a
+    trial, each store holds its first `limit` documents and the run stops there: a mix report,
+    export or plot of trial stores would pass for the recipe's."""
     recipe = load_pipeline(path)
     base, out_dir = Path(path).resolve().parent, Path(out).resolve()
     for name in inputs or {}:
@@ -130,7 +134,7 @@ def run_pipeline(
                 f"inputs for store {name!r}: the pipeline has no such store "
                 f"(it has {', '.join(recipe.stores)})"
             )
-    jobs = store_jobs(path, recipe, out_dir, inputs or {}, workers, ray_address)
+    jobs = store_jobs(path, recipe, out_dir, inputs or {}, workers, ray_address, limit)
     plans: dict[str, Any] = {}
     stores: dict[str, Any] = {}
     for name, job in jobs.items():
@@ -154,6 +158,21 @@ def run_pipeline(
             hint = "its input: a download of " + " or ".join(expects)
             raise type(e)(f"stores.{name} ({hint}): {e}") from None
 
+    if limit is not None and not dry_run:
+        logger.info(
+            "pipeline %s: trial stores (the first %s documents each) in %s; the mix, export and "
+            "plot need the complete stores: rerun without limit=",
+            recipe.name or path,
+            f"{limit:,}",
+            out_dir / "stores",
+            extra={"params": ("limit",)},
+        )
+        if as_json:
+            return json.dumps({"stores": stores, "limit": limit}, indent=2)
+        return "\n".join(
+            f"[{name}] trial: {s['documents']:,} documents, {s['tokens']:,} tokens -> {s['store']}"
+            for name, s in stores.items()
+        )
     if dry_run:
         if as_json:
             return json.dumps({"dry_run": True, "out": str(out_dir), "stores": plans}, indent=2)
@@ -203,6 +222,7 @@ def store_jobs(
     inputs: dict[str, list[str]],
     workers: int | None,
     ray_address: str | None,
+    limit: int | None = None,
 ) -> dict[str, TokenizeJob]:
     """Every store's job, built (and so checked) before anything runs."""
     base = Path(path).resolve().parent
@@ -220,6 +240,7 @@ def store_jobs(
                 out=str(out_dir / "stores" / name),
                 workers=workers,
                 ray_address=ray_address,
+                limit=limit,
                 **options,
             )
         except JobError as e:

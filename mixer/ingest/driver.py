@@ -15,6 +15,7 @@ redoes the rest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from mixer.ingest.job import TokenizeJob
 from mixer.ingest.matches import check_inputs
 from mixer.ingest.progress import Progress, mb
 from mixer.ingest.select import Selection, SelectionReport
-from mixer.ingest.task import TaskSpec, task_key
+from mixer.ingest.task import TaskSpec, run_task, task_key
 from mixer.store.format import TOKENIZER_FILE, dtype_for_vocab, entry_inputs, shard_files
 from mixer.store.output import Claimant, Output, open_output
 from mixer.store.writer import build_manifest
@@ -98,6 +99,8 @@ def tokenize(
     }
     if job.max_document_bytes != readers.MAX_DOCUMENT_BYTES:  # it decides which records stay
         job_options["max_document_bytes"] = job.max_document_bytes
+    if job.limit is not None:  # a trial: never taken for the complete store (complete_store)
+        job_options["limit"] = job.limit
     if dry_run:
         return plan_summary(job, files, tasks, output.where, output.exists())
     if (done := complete_store(output, info, job_options, tasks, quiet=True)) is not None:
@@ -128,10 +131,16 @@ def tokenize(
         reused = len(entries)
         bar = Progress(sum(t.weight for t in tasks), len(specs), progress)
         bar.reused(sum(s.task.weight for s in specs if s.name in entries), reused)
+        ran: list[TaskSpec] = []  # a trial's tasks, each cut at the documents it still wanted
         try:
-            on_ray, nodes = run_tasks(
-                [s for s in specs if s.name not in entries], entries, info, job, bar
-            )
+            if job.limit is not None:
+                on_ray, nodes = False, set()
+                reused = run_trial(specs, job.limit, output, entries, ran, info, job_options, bar)
+                specs = ran
+            else:
+                on_ray, nodes = run_tasks(
+                    [s for s in specs if s.name not in entries], entries, info, job, bar
+                )
             # A run that lost a URL output may have overwritten a shard after its check: redo.
             if lost := not_own(output, specs, entries):
                 logger.warning(
@@ -149,7 +158,7 @@ def tokenize(
             bar.close()
             output.remove_temporaries(wait_s=CANCEL_WAIT_S)  # once cancelled workers are gone
             # What a rerun will reuse: workers may have finished shards the driver had not seen.
-            kept = len(reusable_entries(output, specs))
+            kept = len(reusable_entries(output, ran if job.limit is not None else specs))
             raise Interrupted(
                 f"interrupted: {kept} of {len(specs)} shards kept; rerun the same command to resume"
             ) from None
@@ -183,6 +192,7 @@ def plan_summary(
         "tasks": len(tasks),
         "shards": len(tasks),
         "chunk_bytes": job.chunk_bytes,
+        "limit": job.limit,
         "out": out,
         "out_exists": exists,
         "first_files": [f.url for f in files[:10]],
@@ -213,6 +223,7 @@ def run_summary(
         "text_mb_per_s": round(text / 1e6 / seconds, 3) if seconds > 0 and text else None,
         "bytes_on_disk": size,
         "ray_nodes": len(nodes),
+        "limit": (manifest.get("job") or {}).get("limit"),  # a trial of the first `limit`
     }
 
 
@@ -222,7 +233,8 @@ _said_ray_note = False  # the note is logged once per process (a recipe has many
 def note_kept_out_of_ray(on_ray: bool, job: TokenizeJob, pending: int) -> None:
     """Say (once per process) when the default kept a job with several tasks out of Ray."""
     global _said_ray_note
-    if not on_ray and job.workers is None and min(os.cpu_count() or 1, pending) > 1:
+    trial = job.limit is not None  # runs in this process whatever its size
+    if not on_ray and not trial and job.workers is None and min(os.cpu_count() or 1, pending) > 1:
         if not _said_ray_note:
             _said_ray_note = True
             logger.info(
@@ -245,6 +257,43 @@ def find_files(job: TokenizeJob) -> list[inputs.InputFile]:
     if (line := chosen.held_out_line()) is not None:
         logger.info(line, extra={"params": ("include", "all_splits")})
     return files
+
+
+def run_trial(
+    specs: list[TaskSpec],
+    limit: int,
+    output: Output,
+    entries: dict,
+    ran: list[TaskSpec],
+    info: TokenizerInfo,
+    job_options: dict,
+    bar: Progress,
+) -> int:
+    """A trial (`TokenizeJob.limit`): `specs` in plan order in this process, each cut at the
+    documents still wanted, until `limit` are written or the input ends; returns how many
+    shards were reused. Each task run, with its cut, is added to `ran` and its entry to
+    `entries`. A task's key covers its cut, which depends on the tasks before it, so an
+    interrupted trial resumes exactly."""
+    records, size_of = output.done_records()
+    reused = 0
+    for spec in specs:
+        if limit == 0:
+            break
+        cut = {**job_options, "max_documents": limit}
+        spec = dataclasses.replace(
+            spec, max_documents=limit, key=task_key(spec.task, cut, info, spec.backend)
+        )
+        ran.append(spec)
+        entry = reusable(records.get(spec.name), spec, size_of)
+        if entry is None:
+            entry = run_task(spec, info, functools.partial(bar.advance, spec.name))
+            bar.finish(spec.name, spec.task.weight, entry, entry.get("text_bytes"))
+        else:
+            reused += 1
+            bar.reused(spec.task.weight, 1)
+        entries[spec.name] = entry
+        limit -= entry["documents"]
+    return reused
 
 
 def run_tasks(
@@ -281,12 +330,33 @@ def complete_store(
 
     A store of another tokenizer or other options is refused; one whose inputs changed since
     (size, mtime or etag) is rebuilt, reusing the shards of unchanged inputs, and the log says
-    what changed.
+    what changed. A trial (`TokenizeJob.limit`) of this job with another limit, or none, is
+    replaced whole; a trial refuses an output holding this job's complete store.
     """
     manifest = output.read_manifest()
     if manifest is None:
         return None
-    check_same_job(manifest, output.where, info, job_options)
+    built_limit = (manifest.get("job") or {}).get("limit")
+    same_but_limit = {k: v for k, v in job_options.items() if k != "limit"}
+    if built_limit is not None:
+        same_but_limit["limit"] = built_limit
+    check_same_job(manifest, output.where, info, same_but_limit)
+    if built_limit != job_options.get("limit"):
+        if built_limit is None:
+            raise MixerError(
+                f"{output.where} holds the complete store of this job; write the trial "
+                f"(limit={job_options['limit']}) to another output",
+                params=("limit",),
+            )
+        if not quiet:
+            logger.warning(
+                "%s holds a trial of the first %s documents (limit=%d); replacing it",
+                output.where,
+                f"{built_limit:,}",
+                built_limit,
+                extra={"params": ("limit",)},
+            )
+        return None
     changes = changed_inputs(manifest, tasks)
     if not changes:
         logger.info("%s: already complete, nothing to do", output.where)
@@ -310,6 +380,8 @@ def changed_inputs(manifest: dict, tasks: list[inputs.Task | inputs.FileGroup]) 
     for task in tasks:
         for part in task.parts:
             now.setdefault(part.url, []).append(part.describe())
+    if "limit" in (manifest.get("job") or {}):  # a trial depends only on the tasks it read
+        now = {url: d[: len(built[url])] for url, d in now.items() if url in built}
     changes = []
     for url, described in now.items():
         before = built.get(url, [])
@@ -345,7 +417,8 @@ def reusable_entries(output: Output, specs: list[TaskSpec]) -> dict[str, dict[st
     """Entries of shards an earlier run of the same tasks finished and left intact, by name.
 
     A finished store whose inputs changed (see `complete_store`) becomes a store being written
-    again: the shards of unchanged tasks get done records, then the manifest goes.
+    again: the shards of unchanged tasks get done records, then the manifest goes. Nothing of a
+    trial's store is kept that way (its last shard is cut short).
     """
     manifest = output.read_manifest()
     if manifest is not None:
@@ -355,7 +428,7 @@ def reusable_entries(output: Output, specs: list[TaskSpec]) -> dict[str, dict[st
             for s in specs
             if s.name in built and built_from(built[s.name]) == s.task.describe()
         }
-        output.restart(keep)
+        output.restart({} if "limit" in (manifest.get("job") or {}) else keep)
     records, size_of = output.done_records()
     entries = {}
     for spec in specs:
@@ -408,7 +481,8 @@ def store_manifest(
             checked.append((source_of[s.task.url], entry))
             continue
         probes = entry.get("probe") or [None] * len(s.task.parts)  # None: reused from a manifest
-        for part, counts, probe in zip(s.task.parts, entry["inputs"], probes, strict=True):
+        files = entry["inputs"]  # a trial's group cut short lists only the files it read
+        for part, counts, probe in zip(s.task.parts[: len(files)], files, probes, strict=True):
             checked.append((source_of[part.url], {**counts, "probe": probe}))
     check_inputs(checked, options.where, options.text_field)
     shards = [{k: v for k, v in entries[s.name].items() if k != "probe"} for s in specs]
@@ -518,6 +592,8 @@ def summary_line(
     ]
     if manifest["filtered"]:
         parts.append(f"{manifest['filtered']:,} filtered out by where")
+    if (limit := (manifest.get("job") or {}).get("limit")) is not None:
+        parts[0] = f"trial of the first {limit:,} documents: " + parts[0]
     line = ", ".join(parts) + f" in {seconds:.1f}s"
     if progress is not None and progress.done.text_bytes:
         line += f" ({mb(progress.done.text_bytes)} of text, {progress.rate() / 1e6:,.1f} MB/s)"

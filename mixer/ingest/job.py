@@ -78,6 +78,11 @@ class TokenizeJob:
     """Globs relative to each input root of files to skip."""
     all_splits: bool = False
     """Also read val/validation/dev/test/sample folders."""
+    limit: int | None = None
+    """A trial: only the first `limit` documents, in input order (files in the order found,
+    records in file order), in this process. The manifest records it (`job.limit`), so a trial
+    is never taken for a complete store: a job without it (or with another) replaces the trial
+    in the same output, and a trial refuses an output that holds a complete store."""
     max_document_bytes: int = MAX_DOCUMENT_BYTES
     """Longest record read (a jsonl line, a txt document or line, a parquet text value):
     longer ones are an error naming file:line, or counted as `too_large` with on_error="skip".
@@ -123,6 +128,8 @@ class TokenizeJob:
             )
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 0):
             raise JobError("workers", f"must be a whole number >= 0, got {self.workers!r}")
+        if self.limit is not None and (not _is_int(self.limit) or self.limit < 1):
+            raise JobError("limit", f"must be a whole number of documents >= 1, got {self.limit!r}")
         if not _is_int(self.max_document_bytes) or self.max_document_bytes < 1:
             raise JobError(
                 "max_document_bytes",

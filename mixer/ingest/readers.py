@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ class _BadRecord(Exception):
 
 
 def read_numbered(
-    task: Task | FileGroup, options: ReadOptions, stats: ReadStats
+    task: Task | FileGroup, options: ReadOptions, stats: ReadStats, limit: int | None = None
 ) -> Iterator[tuple[int, str]]:
     """Stream (record, document) for one task, updating `stats` as it goes.
 
@@ -110,21 +111,30 @@ def read_numbered(
     first record in its file is the sum of `stats.records` over the tasks before it there. A
     `FileGroup` reads its files in order and counts records across them (its second file's first
     record is the first file's record count); `stats.parts` gets each file's own counts, added
-    to `stats` once the file is read.
+    to `stats` once the file is read. `limit` stops after that many documents (a trial, see
+    `TokenizeJob.limit`): `stats` then count what was read up to the last one, and a group's
+    `stats.parts` only the files read.
 
     Bad records raise `InputError("file:line: why")` (parquet: `file:row N:`, N 0-based within
     the file) or, with `on_error="skip"`, are counted in `stats.skipped`. A damaged or truncated
     file is an `InputError` in both modes.
     """
-    if len(task.parts) == 1:
-        yield from _read_part(task.parts[0], options, stats)
-        return
+    single = len(task.parts) == 1
+    yielded = 0
     for part in task.parts:
-        own = ReadStats()
-        stats.parts.append(own)
-        for record, text in _read_part(part, options, own):
-            yield stats.records + record, text
-        stats.add(own)
+        own = stats if single else ReadStats()
+        if not single:
+            stats.parts.append(own)
+        with contextlib.closing(_read_part(part, options, own)) as documents:
+            for record, text in documents:
+                yield (record if single else stats.records + record), text
+                yielded += 1
+                if yielded == limit:
+                    break
+        if not single:
+            stats.add(own)
+        if yielded == limit:
+            return
 
 
 def _read_part(task: Task, options: ReadOptions, stats: ReadStats) -> Iterator[tuple[int, str]]:

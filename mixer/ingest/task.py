@@ -44,6 +44,8 @@ class TaskSpec:
     options: readers.ReadOptions
     output: Output
     backend: str
+    max_documents: int | None = None
+    """A trial's task: stop after this many documents (`TokenizeJob.limit`)."""
 
 
 def task_key(
@@ -83,7 +85,7 @@ def run_task(
     stats = readers.ReadStats()
     writer = ShardWriter(spec.output.staging, spec.name, dtype_for_vocab(info.vocab_size))
     try:
-        numbered = readers.read_numbered(spec.task, spec.options, stats)
+        numbered = readers.read_numbered(spec.task, spec.options, stats, spec.max_documents)
         done = TaskReporter(report, lambda: stats.bytes_read)
         grouped = isinstance(spec.task, inputs.FileGroup)
         seen: list[tuple[np.ndarray, np.ndarray]] = []  # a group's (records, lengths) per batch
@@ -125,14 +127,14 @@ def group_inputs(
 ) -> list[dict[str, Any]]:
     """A group's shard entry `inputs`: each file's description with the records it read, the
     documents and tokens it gave (the documents' record numbers say which file each came from)
-    and, when any, its skipped records."""
+    and, when any, its skipped records. A trial's group cut short lists the files it read."""
     records = np.concatenate([r for r, _ in seen]) if seen else np.zeros(0, np.int64)
     lengths = np.concatenate([n for _, n in seen]) if seen else np.zeros(0, np.int64)
-    n = len(group.parts)
+    n = len(parts)
     file_of = np.searchsorted(np.cumsum([p.records for p in parts]), records, side="right")
     tokens = np.bincount(file_of, weights=lengths, minlength=n).astype(np.int64)
     out = []
-    for task, read, t in zip(group.parts, parts, tokens, strict=True):
+    for task, read, t in zip(group.parts[:n], parts, tokens, strict=True):
         described = {**task.describe(), "records": read.records}
         described.update(documents=read.documents, tokens=int(t))
         if read.skipped:

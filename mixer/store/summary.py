@@ -109,6 +109,7 @@ def store_summary(store: TokenStore, sample: int = 0, decoder: Any = None) -> di
         summary["skipped"] = m.get("skipped", {})
         summary["filtered"] = m.get("filtered", 0)
         summary["job"] = m.get("job", {})
+        summary["limit"] = summary["job"].get("limit")  # a trial of the first `limit` documents
     summary["shard_list"] = shards
     if sample:
         summary["sample"] = sample_documents(store, sample, decoder)
@@ -166,6 +167,12 @@ def format_summary(s: dict[str, Any]) -> str:
         )
     else:
         skipped = s["skipped"]
+        if s.get("limit") is not None:
+            lines.insert(
+                1,
+                f"trial      only the first {s['limit']:,} documents of its inputs "
+                "(mixer tokenize --limit); not the complete store",
+            )
         lines.append(
             "skipped    "
             + (", ".join(f"{k} {v:,}" for k, v in skipped.items()) if skipped else "none")
