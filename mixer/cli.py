@@ -18,6 +18,7 @@ from inspect import signature
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from mixer.errors import JobError, MixerError
 
@@ -44,6 +45,40 @@ EXIT_USAGE = 2  # click's usage errors (unknown option, missing argument)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+class _Command(typer.core.TyperCommand):
+    """A command whose help reads as click's does: arguments are `INPUT...` (required) or
+    `[STORE]` in the usage line, not typer's `{INPUT}...`, and are listed without typer's type
+    labels (`INPUT <list[str]>`); options show their metavar (every one has one)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(_argument_name(param, bracket=not param.required))
+            else:
+                pieces += param.get_usage_pieces(ctx)
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            if (record := param.get_help_record(ctx)) is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((_argument_name(param, bracket=False), record[1]))
+            else:
+                options.append(record)
+        for title, rows in (("Arguments", arguments), ("Options", options)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+def _argument_name(param: Any, bracket: bool) -> str:
+    name = (param.metavar or str(param.name).upper()) + ("..." if param.nargs != 1 else "")
+    return f"[{name}]" if bracket else name
+
+
 def command(**settings: Any) -> Callable[[Callable], Callable]:
     """`app.command`, whose `MixerError`s name the command's flags instead of the library's
     parameters (`cli_message`): a parameter `text_field` is the flag `--text-field`."""
@@ -63,7 +98,7 @@ def command(**settings: Any) -> Callable[[Callable], Callable]:
             finally:
                 _Format.flags = {}
 
-        return app.command(**settings)(run)
+        return app.command(cls=_Command, **settings)(run)
 
     return register
 
@@ -264,13 +299,16 @@ def tokenize(
     include: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="PATTERN",
             help="Read only files matching, relative to each input root, e.g. "
-            "'data/CC-MAIN-*/*.parquet' ('*' within a folder, '**' across); repeat to OR."
+            "'data/CC-MAIN-*/*.parquet' ('*' within a folder, '**' across); repeat to OR.",
         ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option(help="Skip files matching, relative to each input root; repeat."),
+        typer.Option(
+            metavar="PATTERN", help="Skip files matching, relative to each input root; repeat."
+        ),
     ] = None,
     all_splits: Annotated[
         bool,
@@ -371,23 +409,35 @@ def peek(
         typer.Argument(metavar="INPUT", help="Files, directories or globs; local or fsspec URLs."),
     ],
     field: Annotated[
-        str | None, typer.Option(help="Count this field's most common values (dotted paths ok).")
+        str | None,
+        typer.Option(
+            metavar="FIELD", help="Count this field's most common values (dotted paths ok)."
+        ),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Records to read in all.")] = 1000,
-    files: Annotated[int, typer.Option(help="Files to read from, spread over the input.")] = 8,
-    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
-    format: Annotated[str | None, typer.Option(help="Override format detection.")] = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="Records to read in all.")] = 1000,
+    files: Annotated[
+        int, typer.Option(metavar="N", help="Files to read from, spread over the input.")
+    ] = 8,
+    text_field: Annotated[
+        str, typer.Option(metavar="FIELD", help="Field holding the text.")
+    ] = "text",
+    format: Annotated[
+        str | None, typer.Option(metavar="FORMAT", help="Override format detection.")
+    ] = None,
     include: Annotated[
-        list[str] | None, typer.Option(help="As for tokenize: files to read; repeat.")
+        list[str] | None,
+        typer.Option(metavar="PATTERN", help="As for tokenize: files to read; repeat."),
     ] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option(help="As for tokenize: files to skip; repeat.")
+        list[str] | None,
+        typer.Option(metavar="PATTERN", help="As for tokenize: files to skip; repeat."),
     ] = None,
     all_splits: Annotated[
         bool, typer.Option("--all-splits", help="Also read held-out split folders.")
     ] = False,
     storage_options: Annotated[
-        str | None, typer.Option(help="JSON passed to fsspec, e.g. '{\"anon\": true}'.")
+        str | None,
+        typer.Option(metavar="JSON", help="JSON passed to fsspec, e.g. '{\"anon\": true}'."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -545,28 +595,39 @@ def mix(
     ),
 )
 def explain(
-    spec: Annotated[str, typer.Argument(help="Mix spec (TOML).")],
-    step: Annotated[int, typer.Option(help="Global step (batch) to explain.")],
+    spec: Annotated[str, typer.Argument(metavar="SPEC", help="Mix spec (TOML).")],
+    step: Annotated[int, typer.Option(metavar="STEP", help="Global step (batch) to explain.")],
     global_batch_size: Annotated[
         int | None,
-        typer.Option(help="Blocks per global step (default: the spec's global_batch_size)."),
+        typer.Option(
+            metavar="N", help="Blocks per global step (default: the spec's global_batch_size)."
+        ),
     ] = None,
     rank: Annotated[
-        int | None, typer.Option(help="Only this data-parallel rank's rows (with --world-size).")
+        int | None,
+        typer.Option(metavar="R", help="Only this data-parallel rank's rows (with --world-size)."),
     ] = None,
-    world_size: Annotated[int, typer.Option(help="Data-parallel ranks sharing a step.")] = 1,
+    world_size: Annotated[
+        int, typer.Option(metavar="N", help="Data-parallel ranks sharing a step.")
+    ] = 1,
     state: Annotated[
         str | None,
         typer.Option(
+            metavar="JSON",
             help="A loader state_dict saved as JSON (or a MixedTrainer checkpoint's "
-            "mixer_state.json): apply its steering, and place the step where that run had it."
+            "mixer_state.json): apply its steering, and place the step where that run had it.",
         ),
     ] = None,
     tokenizer: Annotated[
         str | None,
-        typer.Option(help="tokenizer.json for text previews (default: the stores' copy of it)."),
+        typer.Option(
+            metavar="TOKENIZER",
+            help="tokenizer.json for text previews (default: the stores' copy of it).",
+        ),
     ] = None,
-    chars: Annotated[int, typer.Option(help="Characters of each document to show.")] = 60,
+    chars: Annotated[
+        int, typer.Option(metavar="N", help="Characters of each document to show.")
+    ] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show what a global step read: per row its source, block, epoch and the documents in it,
@@ -722,8 +783,9 @@ def plan(
         bool,
         typer.Option(
             "--injection",
-            help="Fit the forgetting law (Bethune et al. 2025) to --pilot runs (model_params,"
-            "finetune_tokens,injection_fraction,pretrain_loss) and give the smallest injected "
+            help="Fit the forgetting law (Bethune et al. 2025) to --pilot runs (columns "
+            "model_params, finetune_tokens, injection_fraction, pretrain_loss) and give the "
+            "smallest injected "
             "pretraining fraction for finetuning on --total-tokens tokens.",
         ),
     ] = False,

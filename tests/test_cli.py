@@ -608,3 +608,32 @@ def test_log_lines_name_the_command_s_flags(tmp_path, tokenizer_path, capsys, mo
     code, _, err = cli(argv, capsys)
     assert code == 0 and "an --include pattern, or pass --all-splits, to read them" in err, err
     assert "--workers N forces Ray" in err, err
+
+
+COMMANDS = ("tokenize", "peek", "inspect", "verify", "mix", "explain", "run", "plan")
+
+
+@pytest.mark.parametrize("columns", ["80", "100"])
+def test_every_help_reads_plainly(capsys, monkeypatch, columns):
+    """No typer type labels (`INPUT <list[str]>`, `--field <str>`), no `{INPUT}...` usage, and
+    no word long enough to be cut mid-word by the wrapping (`injectio n_fraction`)."""
+    import typer.main
+
+    from mixer.cli import app
+
+    monkeypatch.setenv("COLUMNS", columns)
+    group = typer.main.get_command(app)
+    assert set(group.commands) == set(COMMANDS)
+    for verb in ("", *COMMANDS):
+        code, out, _ = cli([verb, "--help"] if verb else ["--help"], capsys)
+        assert code == 0, verb
+        assert not re.search(r"<[a-z][\w\[\], |]*>", out), (verb, out)
+        usage = out.splitlines()[0]
+        assert "{" not in usage and "}" not in usage, usage
+    assert cli(["tokenize", "--help"], capsys)[1].startswith(
+        "Usage: mixer tokenize [OPTIONS] INPUT...\n"
+    )
+    for verb, command in group.commands.items():
+        texts = [command.help or ""] + [p.help or "" for p in command.params if hasattr(p, "help")]
+        for word in " ".join(texts).split():
+            assert len(word) <= 40, (verb, word)
