@@ -347,6 +347,11 @@ def test_with_dataloader_workers_set_weights_works_before_train_and_is_refused_d
     policy = ExcessLossPolicy(sampler.source_names, {"a": 0.75, "b": 0.25}, every=2)
     with pytest.raises(MixerError, match="use dataloader_num_workers=0"):
         trainer.set_policy(policy)
+    other = MixedTrainer(
+        model=model(), args=args(tmp_path), train_dataset=MixedDataset(sampler, batch_size=4)
+    )
+    with pytest.raises(MixerError, match="set_weights: needs train_dataset=MixedTrainDataset"):
+        other.set_weights(weights, at_step=2)
 
 
 def policy_run(sampler, out, resume=None):
@@ -365,6 +370,7 @@ def policy_run(sampler, out, resume=None):
         max_change=0.2,
     )
     trainer.set_policy(policy)
+    trainer.set_policy(policy)  # attached again: still fed once per step
     trainer.train(resume_from_checkpoint=resume)
     return m, dataset, policy
 

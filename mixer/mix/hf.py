@@ -227,8 +227,9 @@ class MixedTrainer(Trainer):
                 "dataloader_num_workers=0"
             )
         dataset.set_policy(policy)
+        if self.policy is None:  # one feed, whichever policy is attached
+            self.add_callback(_FeedPolicy(self))
         self.policy = policy
-        self.add_callback(_FeedPolicy(self))
 
     def _feed_policy(self, step: int) -> None:
         if self._step_loss is None:  # no training batch reached compute_loss
