@@ -18,6 +18,7 @@ from mixer.mix.sampler import MixSampler
 from mixer.mix.spec import MixSpec
 from mixer.store.format import MANIFEST
 from mixer.store.reader import TokenStore
+from mixer.store.summary import _input_name
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -76,6 +77,8 @@ def test_three_thousand_small_txt_files_make_one_shard(tmp_path, tokenizer_path,
     rows = json.loads(text)["inputs"]
     assert len(rows) == 3000 and all(r["documents"] == 1 for r in rows)
     assert sum(r["tokens"] for r in rows) == store.num_tokens
+    code, text, _ = cli(["inspect", str(out)], capsys)
+    assert code == 0 and "note0000.txt + 2,999 more files" in text
 
 
 def test_a_document_in_the_middle_of_a_group_names_its_file_and_line(tmp_path, tokenizer_path):
@@ -92,6 +95,7 @@ def test_a_document_in_the_middle_of_a_group_names_its_file_and_line(tmp_path, t
     tokenize(job)
     store = TokenStore.open(out)
     groups = [s.entry["inputs"] for s in store.shards if "inputs" in s.entry]
+    assert _input_name({"inputs": groups[0][:2]}).endswith("part000.jsonl + 1 more file")
     assert len(groups) == len(store.shards) > 3 and all(len(g) > 1 for g in groups)
     assert store.has_provenance
     tokenizer = Tokenizer.from_file(tokenizer_path)

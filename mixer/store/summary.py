@@ -23,7 +23,8 @@ SAMPLE_CHARS = 200
 
 def _input_name(entry: dict[str, Any]) -> str:
     if files := entry.get("inputs"):
-        more = f" + {len(files) - 1:,} more files" if len(files) > 1 else ""
+        n = len(files) - 1
+        more = f" + {n:,} more file{'s' if n != 1 else ''}" if n else ""
         return str(files[0].get("url", "?")) + more
     source = entry.get("input") or {}
     url = str(source.get("url", "?"))
