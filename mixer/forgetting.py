@@ -49,6 +49,7 @@ import numpy as np
 from mixer.errors import MixerError
 from mixer.extras import require
 from mixer.fitting import best_fit, conditioning, read_pilot_rows
+from mixer.units import human_count, percent
 
 UNIT = 1e9  # N and D_ft are in billions
 COLUMNS = ("model_params", "finetune_tokens", "injection_fraction", "pretrain_loss")
@@ -340,8 +341,6 @@ def injection_report(
 
 
 def format_injection(fit: ForgettingFit, source: str, rec: dict[str, Any]) -> str:
-    from mixer.plan import human_tokens, percent
-
     law = fit.law
     lines = [
         f"forgetting law fit to {fit.n_points} pilot runs from {source}, rmse {fit.rmse:.4g}:",
@@ -350,12 +349,10 @@ def format_injection(fit: ForgettingFit, source: str, rec: dict[str, Any]) -> st
     for name, value in (("A", law.A), ("B", law.B), ("alpha", law.alpha), ("beta", law.beta)):
         lines.append(f"  {name:<10} {value:>11.5g} ± {fit.stderr[name]:.3g}")
     for size, value in sorted(law.L0.items()):
-        label = f"L0({human_tokens(size)})"
+        label = f"L0({human_count(size)})"
         lines.append(f"  {label:<10} {value:>11.5g} ± {fit.stderr[f'L0({size:g})']:.3g}")
     lines += [f"warning: {w}" for w in fit.warnings]
-    target = (
-        f"{human_tokens(rec['model_params'])} parameters, {human_tokens(rec['finetune_tokens'])}"
-    )
+    target = f"{human_count(rec['model_params'])} parameters, {human_count(rec['finetune_tokens'])}"
     lines.append(f"predicted forgetting (L_pt - L0) for {target} finetuning tokens:")
     lines += [
         f"  p = {percent(row['fraction']):>6}  {row['forgetting']:.4f} ± {row['stderr']:.2g}"

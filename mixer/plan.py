@@ -48,6 +48,7 @@ from mixer.errors import MixerError
 from mixer.extras import matplotlib_figure, require
 from mixer.fitting import best_fit, conditioning, read_pilot_rows
 from mixer.units import human_count as human_tokens
+from mixer.units import percent
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,6 @@ def format_repeat_table(rows: list[dict], max_repeats: float | None) -> str:
             f"is {percent(largest)}"
         )
     return "\n".join(lines)
-
-
-def percent(f: float) -> str:
-    return f"{100 * f:.4g}%"
 
 
 def _check_counts(domain_tokens: int, total_tokens: int, max_repeats: float | None) -> None:

@@ -44,6 +44,11 @@ def parse_count(value: object, what: str = "count") -> int:
     return int(number)
 
 
+def percent(f: float) -> str:
+    """A fraction as a percentage to 4 significant digits: 0.0125 -> 1.25%."""
+    return f"{100 * f:.4g}%"
+
+
 def human_count(n: float) -> str:
     """A count with a suffix `parse_count` reads back (4 digits): 200B, 6.8M, 1.5T, 32K."""
     for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):

@@ -644,3 +644,14 @@ def test_every_help_reads_plainly(capsys, monkeypatch, columns):
         texts = [command.help or ""] + [p.help or "" for p in command.params if hasattr(p, "help")]
         for word in " ".join(texts).split():
             assert len(word) <= 40, (verb, word)
+
+
+def test_every_readme_guarantee_names_tests_that_exist():
+    section = (REPO / "README.md").read_text().split("## Guarantees\n", 1)[1].split("\n## ", 1)[0]
+    guarantees = section.split("\n- **")[1:]
+    assert len(guarantees) >= 15
+    for guarantee in guarantees:
+        cited = re.findall(r"(test_\w+\.py)::(test_\w+)", guarantee)
+        assert cited, f"names no test: {guarantee[:60]}"
+        for path, name in cited:
+            assert re.search(rf"^def {name}\(", (REPO / "tests" / path).read_text(), re.M), name

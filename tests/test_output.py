@@ -158,6 +158,41 @@ def test_a_second_different_job_into_one_local_out_is_refused_and_the_first_comp
     assert not (out / LOCK).exists()
 
 
+def test_a_second_different_export_into_one_directory_is_refused_and_the_first_completes(
+    tmp_path,
+):
+    from mixer.store.writer import write_store
+
+    store = write_store(tmp_path / "src", [list(range(1000))] * 2000, vocab_size=1000)
+    spec = tmp_path / "mix.toml"
+    spec.write_text(
+        "seq_len = 64\nseed = 1\ntotal_tokens = 20000000\n"  # about 2 s to export here
+        f'[[source]]\nname = "a"\nstore = "{store}"\nweight = 1.0\n'
+    )
+    out = tmp_path / "mixed"
+    argv = [sys.executable, "-m", "mixer.cli", "mix", str(spec), "--export", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        wait_for(lambda: lock_held(out), "the first export to claim the directory")
+        first.send_signal(signal.SIGSTOP)
+        other = subprocess.run(
+            [*argv, "--stop", "1000"], capture_output=True, text=True, env=env, cwd=ROOT
+        )
+        assert other.returncode == 1
+        error = one_line_error(other.stderr)
+        assert f"{out} is being written by another export job (pid {first.pid} on " in error
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=120) == 0, first.stderr.read()
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.kill()
+    exported = TokenStore.open(out)
+    exported.verify()
+    assert exported.manifest["mix"]["stop"] == exported.num_documents  # the first's whole range
+    assert not (out / LOCK).exists()
+
+
 def test_a_second_different_job_into_one_s3_url_is_refused_and_the_first_completes(
     tmp_path,
     tokenizer_path,

@@ -119,7 +119,7 @@ def export_mix(
         return out
     # The same claim as a tokenize job's: one writer at a time, temporaries of dead ones removed.
     output = LocalOutput(out)
-    output.claim(Claimant.for_job(hashlib.sha256(json_bytes(record)).hexdigest()))
+    output.claim(Claimant.for_job(hashlib.sha256(json_bytes(record)).hexdigest(), "export"))
     try:
         if existing_export(out, record, force=False):  # written while this one waited
             return out

@@ -73,17 +73,19 @@ CLAIM = ".mixer-claim"  # URL claim: the run id of the run that owns the output
 
 @dataclass(frozen=True)
 class Claimant:
-    """Who writes an output: `job` fingerprints what is built, `run` this one execution."""
+    """Who writes an output: `job` fingerprints what is built, `run` this one execution, `kind`
+    what writes it (a tokenize job or an export), for messages."""
 
     job: str
     run: str
     host: str
     pid: int
     started: float
+    kind: str = "tokenize"
 
     @classmethod
-    def for_job(cls, job: str) -> Claimant:
-        return cls(job, uuid.uuid4().hex, socket.gethostname(), os.getpid(), time.time())
+    def for_job(cls, job: str, kind: str = "tokenize") -> Claimant:
+        return cls(job, uuid.uuid4().hex, socket.gethostname(), os.getpid(), time.time(), kind)
 
     def describe(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
@@ -216,7 +218,7 @@ class LocalOutput(Output):
                 if holder is not None and holder.job != claimant.job:
                     handle.close()
                     raise MixerError(
-                        f"{self.root} is being written by another tokenize job "
+                        f"{self.root} is being written by another {holder.kind} job "
                         f"({holder.describe()}); wait for it to finish or choose another output"
                     ) from None
                 logger.warning(
@@ -351,8 +353,9 @@ class UrlOutput(Output):
             holder = self._claimant()
             if holder is not None and holder.job != claimant.job:
                 raise MixerError(
-                    f"{self.url} is being written by another tokenize job ({holder.describe()});"
-                    f" wait for it to finish, or if it is dead delete {marker}"
+                    f"{self.url} is being written by another {holder.kind} job "
+                    f"({holder.describe()}); wait for it to finish, or if it is dead delete "
+                    f"{marker}"
                 )
             # The same job (a rerun after a crash, or a second copy): its shards are the same
             # bytes, so this run takes over and an earlier one still going stops.
