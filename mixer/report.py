@@ -179,7 +179,7 @@ def plot_mix(
         )
     share_ax.set_yscale("log")
     share_ax.set_ylim(min(lowest / 4, 0.05), 1.5)
-    share_ax.set_ylabel("share of blocks in the phase so far\n(dashed: target)")
+    share_ax.set_ylabel("share of blocks in the phase so far\n(dashed: each source's weight)")
     epoch_ax.legend(loc="upper left", fontsize=9)
     epoch_ax.set_ylabel("epochs of each source used")
     epoch_ax.set_xlabel("tokens")
@@ -234,6 +234,7 @@ def run_mix(
         verb = "reused the export of" if done else "exported"
         logger.info("%s blocks [%d, %d) in %s", verb, start, last, out)
     if plot:
-        plot_mix(sampler, plot, title=Path(spec_path).stem)
+        path = Path(spec_path).resolve()  # a run's mix.json is named after the run's folder
+        plot_mix(sampler, plot, title=path.parent.name if path.name == "mix.json" else path.stem)
         logger.info("wrote %s", plot)
     return text

@@ -139,3 +139,25 @@ def test_plot_without_matplotlib_is_a_clear_error(spec_path, tmp_path, monkeypat
     sampler = MixSampler(MixSpec.from_toml(spec_path))
     with pytest.raises(MixerError, match=r"^plotting a mix needs matplotlib"):
         plot_mix(sampler, tmp_path / "x.png")
+
+
+def test_a_plot_is_titled_after_its_spec_or_the_run_that_wrote_its_mix_json(
+    spec_path, tmp_path, monkeypatch
+):
+    import mixer.report as report
+
+    run = tmp_path / "my-run"
+    run.mkdir()
+    (run / "mix.json").write_text(json.dumps(MixSpec.from_toml(spec_path).to_dict()))
+    titles = []
+    real = report.plot_mix
+
+    def plot_mix(*args, title=None, **kwargs):
+        titles.append(title)
+        real(*args, title=title, **kwargs)
+
+    monkeypatch.setattr(report, "plot_mix", plot_mix)
+    run_mix(str(run / "mix.json"), False, False, None, 0, None, str(tmp_path / "a.png"))
+    run_mix(str(spec_path), False, False, None, 0, None, str(tmp_path / "b.png"))
+    assert titles == ["my-run", str(spec_path).rsplit("/", 1)[-1].removesuffix(".toml")]
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
