@@ -387,7 +387,8 @@ def format_plan(plan: dict) -> str:
     formats = ", ".join(f"{k} {v:,}" for k, v in plan["formats"].items())
     state = "exists (a rerun reuses what matches)" if plan["out_exists"] else "new"
     lines = [
-        f"dry run: {plan['files']:,} files ({formats}), {plan['input_bytes'] / 1e6:,.1f} MB, "
+        f"dry run: {plan['files']:,} file{'s' if plan['files'] != 1 else ''} ({formats}), "
+        f"{plan['input_bytes'] / 1e6:,.1f} MB, "
         f"in {plan['tasks']:,} task{'s' if plan['tasks'] != 1 else ''} (one shard each, "
         f"--chunk-mb {plan['chunk_bytes'] >> 20})",
         f"output   {plan['out']} ({state})",

@@ -177,8 +177,9 @@ def run_pipeline(
         if as_json:
             return json.dumps({"dry_run": True, "out": str(out_dir), "stores": plans}, indent=2)
         lines = [
-            f"[{name}] {plan['files']:,} files, {plan['input_bytes'] / 1e6:,.1f} MB, "
-            f"{plan['tasks']:,} tasks -> {plan['out']}"
+            f"[{name}] {plan['files']:,} file{'s' if plan['files'] != 1 else ''}, "
+            f"{plan['input_bytes'] / 1e6:,.1f} MB, "
+            f"{plan['tasks']:,} task{'s' if plan['tasks'] != 1 else ''} -> {plan['out']}"
             for name, plan in plans.items()
         ]
         return "\n".join([*lines, f"then the mix report, mix.json and report.json in {out_dir}"])

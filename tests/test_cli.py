@@ -655,3 +655,18 @@ def test_every_readme_guarantee_names_tests_that_exist():
         assert cited, f"names no test: {guarantee[:60]}"
         for path, name in cited:
             assert re.search(rf"^def {name}\(", (REPO / "tests" / path).read_text(), re.M), name
+
+
+def test_dry_runs_count_one_file_and_one_task_in_the_singular(workspace, capsys):
+    Path("one.jsonl").write_text('{"text": "a single document"}\n')
+    argv = ["tokenize", "one.jsonl", "-t", "pipelines/tokenizer.json", "-o", "m", "--dry-run"]
+    code, out, err = cli(argv, capsys)
+    assert code == 0, err
+    assert out.startswith("dry run: 1 file (jsonl 1), ") and " in 1 task (" in out, out
+    Path("one.toml").write_text(
+        'tokenizer = "pipelines/tokenizer.json"\n[stores.m]\ninputs = ["one.jsonl"]\n[mix]\n'
+        'seq_len = 4\nseed = 0\ntotal_tokens = 8\n[[mix.source]]\nname = "m"\nweight = 1.0\n'
+    )
+    code, out, err = cli(["run", "one.toml", "--out", "o", "--dry-run"], capsys)
+    assert code == 0, err
+    assert out.startswith("[m] 1 file, ") and ", 1 task -> " in out, out
