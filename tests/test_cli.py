@@ -670,3 +670,21 @@ def test_dry_runs_count_one_file_and_one_task_in_the_singular(workspace, capsys)
     code, out, err = cli(["run", "one.toml", "--out", "o", "--dry-run"], capsys)
     assert code == 0, err
     assert out.startswith("[m] 1 file, ") and ", 1 task -> " in out, out
+
+
+def test_an_error_raised_in_a_ray_worker_names_the_flag_too(
+    tmp_path, tokenizer_path, capsys, ray_local, monkeypatch
+):
+    """The parameters an error names travel with it from a Ray worker (pickled as its state)."""
+    from mixer.ingest import driver
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("ran in this process, not on Ray")
+
+    monkeypatch.setattr(driver, "run_in_process", not_here)
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "hello world, a long enough record"}\n')
+    argv = ["tokenize", str(path), "-t", tokenizer_path, "-o", str(tmp_path / "o")]
+    argv += ["--workers", "2", "--max-document-bytes", "8", "--no-progress"]
+    code, _, err = cli(argv, capsys)
+    assert code == 1 and "(--max-document-bytes); raise the bound, or pass --on-error" in err, err
