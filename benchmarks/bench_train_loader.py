@@ -9,7 +9,10 @@ through a torch DataLoader with num_workers=2, --runs times, rows interleaved (m
 
 - plain: an IterableDataset that slices consecutive blocks of one memmap (worker w takes
   batches w, w + 2, ...) and returns one int64 tensor per batch: no mixing, no lookup, the
-  floor a trainer's own loader would have (the ratios are to this row);
+  loader a trainer writes with torch defaults (the ratios are to this row);
+- the same plain slices sent as numpy arrays, uncollated: they travel pickled through the
+  worker queue's pipe, as MixedDataLoader's batches up to 1 MiB do (a torch tensor from a
+  worker goes through a shared-memory segment instead, which costs more per batch);
 - plain random slices: the map-style loader most trainers write (a Dataset returning one
   random memmap window, DataLoader(batch_size=8) collating in the workers);
 - MixedDataLoader(MixedIterableDataset(..., batch_size=8), num_workers=2): the mix, int64;
@@ -85,6 +88,20 @@ class RandomSlices(Dataset):
         return torch.from_numpy(self.tokens[start : start + SEQ_LEN + 1].astype(np.int64))
 
 
+class PlainArrays(PlainSlices):
+    """`PlainSlices` yielding numpy arrays, passed through uncollated (`as_is`): the batch
+    travels pickled through the worker queue's pipe instead of as a shared-memory tensor,
+    the transport `MixedDataLoader` uses for batches up to 1 MiB."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield batch.numpy()
+
+
+def as_is(batch):
+    return batch
+
+
 def cpu_seconds(procs) -> float:
     total = 0.0
     for proc in procs:
@@ -126,6 +143,12 @@ def main() -> None:
         rows = {
             "plain memmap slices": lambda: DataLoader(
                 PlainSlices(str(root / "web"), args.batches + 1), batch_size=None, num_workers=2
+            ),
+            "plain memmap slices, numpy through the pipe": lambda: DataLoader(
+                PlainArrays(str(root / "web"), args.batches + 1),
+                batch_size=None,
+                num_workers=2,
+                collate_fn=as_is,
             ),
             "plain random slices (map-style)": lambda: DataLoader(
                 RandomSlices(str(root / "web"), args.batches + 1), batch_size=BATCH, num_workers=2

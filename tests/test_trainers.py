@@ -289,15 +289,16 @@ FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "+".join(f) or "plain")
-@pytest.mark.parametrize("pin", [False, True])
-def test_mixed_dataloader_workers_hand_out_batchiterators_batches_exactly(sharded, flags, pin):
-    """Workers send each batch packed in one buffer; what comes out must be BatchIterator's
-    batch value for value: same keys in the same order, dtypes, shapes and bytes."""
-    expected = list(BatchIterator(sharded, 4, rank=1, world_size=2, **flags))
-    dataset = MixedIterableDataset(sharded, 4, rank=1, world_size=2, **flags)
-    got = list(MixedDataLoader(dataset, num_workers=2, pin_memory=pin))
-    assert len(got) == len(expected) == 30
+@pytest.fixture(scope="module")
+def long_blocks(tmp_path_factory) -> MixSampler:
+    """Blocks of 8192 tokens: a batch of 17 int64 rows is over a MiB, sent as shared memory."""
+    root = tmp_path_factory.mktemp("long")
+    stores = {"a": make_store(root / "a", 300_000, seed=5, docs_per_shard=4000)}
+    return MixSampler(spec_for(stores, {"a": 1.0}, seq_len=8192, blocks=17 * 2 * 2))
+
+
+def same_batches(expected: list[dict], got: list[dict]) -> None:
+    assert len(got) == len(expected)
     for ref, batch in zip(expected, got, strict=True):
         assert list(batch) == list(ref)
         for key, value in ref.items():
@@ -310,6 +311,28 @@ def test_mixed_dataloader_workers_hand_out_batchiterators_batches_exactly(sharde
                 want = torch.int64
             assert tensor.dtype == want and tensor.is_contiguous(), key
             assert np.array_equal(tensor.numpy(), value), key
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "+".join(f) or "plain")
+@pytest.mark.parametrize("pin", [False, True])
+def test_mixed_dataloader_workers_hand_out_batchiterators_batches_exactly(sharded, flags, pin):
+    """Workers send each batch packed in one buffer; what comes out must be BatchIterator's
+    batch value for value: same keys in the same order, dtypes, shapes and bytes."""
+    expected = list(BatchIterator(sharded, 4, rank=1, world_size=2, **flags))
+    dataset = MixedIterableDataset(sharded, 4, rank=1, world_size=2, **flags)
+    got = list(MixedDataLoader(dataset, num_workers=2, pin_memory=pin))
+    assert len(got) == 30 and not got[0]["tokens"].is_shared()  # small: bytes through the pipe
+    same_batches(expected, got)
+
+
+@pytest.mark.parametrize("flags", [{}, {"documents": True, "loss_mask": True, "positions": True}])
+def test_batches_over_a_mib_go_through_shared_memory_exactly(long_blocks, flags):
+    expected = list(BatchIterator(long_blocks, 17, rank=1, world_size=2, **flags))
+    dataset = MixedIterableDataset(long_blocks, 17, rank=1, world_size=2, **flags)
+    got = list(MixedDataLoader(dataset, num_workers=2, pin_memory=True))
+    assert len(got) == 2 and got[0]["tokens"].nbytes > 2**20
+    assert got[0]["tokens"].is_shared()  # the shared-memory path, not bytes through the pipe
+    same_batches(expected, got)
 
 
 def test_mixed_dataloader_len_is_the_runs_batches_before_and_after_a_resume(sampler):

@@ -76,6 +76,10 @@ def check_not_copied(guard: CopyGuard, what: str) -> None:
 
 
 _ALIGN = 64  # bytes: every array of a packed batch starts aligned for any dtype
+# Up to this size a packed batch travels as bytes through the worker queue's pipe, above it as
+# one shared-memory segment: a segment costs a file, a descriptor handed over a socket and a
+# map per batch, more than copying a small batch twice (BENCHMARKS.md, "Trainer loaders").
+_INLINE_BYTES = 1 << 20
 _TORCH_DTYPES: dict[np.dtype, torch.dtype] = {}
 
 
@@ -84,12 +88,13 @@ class _Packed:
 
     Every tensor a worker sends costs a shared-memory segment and a descriptor handed over a
     socket; a batch dict of several tensors costs that several times per batch, which at
-    8 x 2048 tokens takes longer than making the batch. Packed, a batch is one segment;
-    `unpack` gives back `_tensors(batch)` as views into it (no copy), keys in the same order
-    and every value equal. `pin_memory` (the DataLoader's pin thread) pins the one buffer.
+    8 x 2048 tokens takes longer than making the batch. Packed, a batch is one buffer (bytes
+    in the pipe up to `_INLINE_BYTES`, else one segment); `unpack` gives back
+    `_tensors(batch)` as views into it (no copy), keys in the same order and every value
+    equal. `pin_memory` (the DataLoader's pin thread) pins the one buffer.
     """
 
-    def __init__(self, buffer: torch.Tensor, layout: tuple[tuple[Any, ...], ...]):
+    def __init__(self, buffer: np.ndarray | torch.Tensor, layout: tuple[tuple[Any, ...], ...]):
         self.buffer = buffer
         # (key, torch dtype, shape, strides, offset in elements) per array; (key, value) else
         self.layout = layout
@@ -116,10 +121,18 @@ class _Packed:
         for offset, dtype, value in arrays:
             view = buffer[offset : offset + value.size * dtype.itemsize].view(dtype)
             np.copyto(view.reshape(value.shape), value)
-        return cls(torch.from_numpy(buffer), tuple(layout))
+        if size > _INLINE_BYTES:
+            return cls(torch.from_numpy(buffer), tuple(layout))  # sent as shared memory
+        return cls(buffer, tuple(layout))  # a numpy array: pickled into the queue's pipe
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        buffer = self.buffer
+        return torch.from_numpy(buffer) if isinstance(buffer, np.ndarray) else buffer
 
     def unpack(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        tensor = self.tensor
         typed: dict[torch.dtype, torch.Tensor] = {}  # the buffer viewed as each dtype
         for entry in self.layout:
             if len(entry) == 2:
@@ -127,12 +140,12 @@ class _Packed:
                 continue
             key, dtype, shape, strides, offset = entry
             if dtype not in typed:
-                typed[dtype] = self.buffer.view(dtype)
+                typed[dtype] = tensor.view(dtype)
             out[key] = typed[dtype].as_strided(shape, strides, offset)
         return out
 
     def pin_memory(self, device: Any = None) -> _Packed:
-        return _Packed(self.buffer.pin_memory(), self.layout)
+        return _Packed(self.tensor.pin_memory(), self.layout)
 
 
 def stream_state(state: dict[str, Any]) -> dict[str, Any]:
