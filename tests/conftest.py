@@ -48,6 +48,8 @@ def ray_local():
     """One local Ray with 2 CPUs for the whole session (starting Ray costs seconds)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        # "local": a fresh instance, never a cluster that `ray start` left running here (a
+        # bare init would join it, and refuses num_cpus when it does).
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
