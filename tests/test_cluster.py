@@ -70,6 +70,7 @@ def corpus(tmp_path_factory, tokenizer_path) -> tuple[Path, Path]:
             out=str(reference),
             workers=0,
             backend="hf",
+            chunk_bytes=1 << 20,  # each file (~0.8 MB) its own task: two would pass 1 MiB
         ),
         progress=False,
     )
@@ -80,7 +81,7 @@ def command(src: Path, out: Path, tokenizer_path: str, address: str) -> list[str
     return [
         sys.executable, "-m", "mixer.cli", "tokenize", str(src), "-t", tokenizer_path,
         "-o", str(out), "--ray-address", address, "--workers", "2", "--backend", "hf",
-        "--no-progress",
+        "--no-progress", "--chunk-mb", "1",
     ]  # fmt: skip
 
 
