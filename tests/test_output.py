@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_remote import jsonl, prefix, s3, s3fs_, texts  # noqa: F401 - the moto S3 fixtures
+from test_remote import jsonl, one_task_each, prefix, s3, s3fs_, texts  # noqa: F401 - moto S3
 
 from mixer import MixerError, TokenStore
 from mixer.cli import main
@@ -37,14 +37,6 @@ def write_inputs(root: Path, files: int, docs: int, seed: int = 0) -> list[str]:
         path.write_bytes(jsonl(texts(docs, seed=seed + k)))
         paths.append(str(path))
     return paths
-
-
-def one_task_each(inputs: list[str]) -> int:
-    """A chunk size that keeps each of these similar files a task of its own: any two together
-    pass it, so none is grouped with another (room for a small append)."""
-    sizes = [os.path.getsize(p) for p in inputs]
-    assert max(sizes) + 200 < 2 * min(sizes)
-    return max(sizes) + 200
 
 
 def start_cli(inputs: list[str], tokenizer: str, out: str, *extra: str) -> subprocess.Popen:

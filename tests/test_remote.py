@@ -7,6 +7,7 @@ usual AWS_* variables can write; objects go under a fresh prefix per test).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -109,7 +110,17 @@ def local_inputs(root: Path, files: int = 3) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def one_task_each(inputs: list[str]) -> int:
+    """A chunk size that keeps each of these similar files a task of its own: any two together
+    pass it, so none is grouped with another (room for a small append)."""
+    sizes = [os.path.getsize(p) for p in inputs]
+    assert max(sizes) + 200 < 2 * min(sizes)
+    return max(sizes) + 200
+
+
 def job(tokenizer_path: str, inputs, out: str, options: dict | None = None) -> TokenizeJob:
+    """One shard per local input file (the tests count shards and uploads per file)."""
+    local = [p for p in inputs if "://" not in p]
     return TokenizeJob(
         inputs=tuple(inputs),
         tokenizer=tokenizer_path,
@@ -117,6 +128,7 @@ def job(tokenizer_path: str, inputs, out: str, options: dict | None = None) -> T
         workers=0,
         backend="hf",
         storage_options=options or {},
+        **({"chunk_bytes": one_task_each(local)} if len(local) > 1 else {}),
     )
 
 
@@ -400,10 +412,15 @@ def faulty(proxy, monkeypatch) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tokenizer_path) -> tuple[tuple[str, ...], Path]:
-    """Inputs and the store a local run makes of them."""
+    """Inputs and the store a local `mixer tokenize` (`cli_tokenize`) makes of them: two files
+    of two formats, so two tasks and two shards whatever the chunk size."""
     root = tmp_path_factory.mktemp("reference")
-    inputs = local_inputs(root / "in", files=2)
-    tokenize(job(tokenizer_path, inputs, str(root / "store")), progress=False)
+    plain, packed = local_inputs(root / "in", files=2)
+    Path(packed + ".gz").write_bytes(gzip.compress(Path(packed).read_bytes(), mtime=0))
+    Path(packed).unlink()
+    inputs = (plain, packed + ".gz")
+    store = str(root / "store")
+    tokenize(TokenizeJob(inputs, tokenizer_path, store, workers=0, backend="hf"), progress=False)
     return inputs, root / "store"
 
 
