@@ -279,7 +279,9 @@ def tokenize(
     chunk_mb: Annotated[
         int,
         typer.Option(
-            metavar="MB", help="Split large uncompressed files into tasks of about this size."
+            metavar="MB",
+            help="Task size: larger uncompressed line files are split into tasks of about this "
+            "size, and smaller files of one format read together up to it.",
         ),
     ] = 32,
     storage_options: Annotated[
