@@ -42,12 +42,36 @@ def tokens(batch) -> bytes:
     return batch["tokens"].numpy().astype(np.int64).tobytes()
 
 
+_LOADERS: list = []
+
+
+@pytest.fixture(autouse=True)
+def shut_down_workers():
+    """Stop each test's DataLoader workers when it ends: left to the garbage collector, their
+    shutdown ran inside later tests and waited out torch's 5 s join timeout per worker."""
+    yield
+    for loader in _LOADERS:
+        stop(loader)
+    _LOADERS.clear()
+
+
+def stop(loader) -> None:
+    """Shut down `loader`'s workers now (torchdata keeps its iterator as `_iterator`)."""
+    if (iterator := getattr(loader, "_iterator", None)) is not None and hasattr(
+        iterator, "_shutdown_workers"
+    ):
+        iterator._shutdown_workers()
+
+
 def make(spec, kind: str, workers: int):
     if kind == "iterable":
         dataset = MixedIterableDataset(MixSampler(spec), batch_size=4)
-        return dataset, stateful.StatefulDataLoader(dataset, batch_size=None, num_workers=workers)
-    dataset = MixedDataset(MixSampler(spec), batch_size=4)
-    return dataset, stateful.StatefulDataLoader(dataset, batch_size=4, num_workers=workers)
+        loader = stateful.StatefulDataLoader(dataset, batch_size=None, num_workers=workers)
+    else:
+        dataset = MixedDataset(MixSampler(spec), batch_size=4)
+        loader = stateful.StatefulDataLoader(dataset, batch_size=4, num_workers=workers)
+    _LOADERS.append(loader)
+    return dataset, loader
 
 
 @pytest.mark.parametrize("workers", [0, 2, 3])
@@ -60,7 +84,7 @@ def test_set_weights_before_the_workers_start_is_exact_and_resumes_from_the_stat
     dataset.set_weights(FIRST, at_step=5)
     seen = [tokens(b) for _, b in zip(range(7), loader, strict=False)]
     state = json.loads(json.dumps(loader.state_dict()))
-    del loader
+    stop(loader)
     fresh_dataset, fresh = make(spec, kind, workers)  # the original spec, unsteered
     fresh.load_state_dict(state)
     seen += [tokens(b) for b in fresh]
@@ -79,13 +103,13 @@ def test_set_weights_on_a_resumed_loader_before_it_starts_joins_the_saved_steeri
     dataset.set_weights(FIRST, at_step=5)
     seen = [tokens(b) for _, b in zip(range(7), loader, strict=False)]
     state = loader.state_dict()
-    del loader
+    stop(loader)
     resumed_dataset, resumed = make(spec, kind, workers)
     resumed.load_state_dict(state)
     resumed_dataset.set_weights(SECOND, at_step=12)  # loaded into each worker's copy after it
     seen += [tokens(b) for _, b in zip(range(8), resumed, strict=False)]
     again = resumed.state_dict()
-    del resumed
+    stop(resumed)
     last_dataset, last = make(spec, kind, workers)
     last.load_state_dict(again)
     seen += [tokens(b) for b in last]
