@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from inspect import signature
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from mixer.errors import JobError, MixerError
+from mixer.errors import JobError, MixerError, look_hint
 
 # Library parameters a command spells otherwise than `--name-with-dashes` (see `command`).
 _FLAGS = {
@@ -107,6 +108,10 @@ def cli_message(error: MixerError, flags: dict[str, str]) -> str:
     """`error`'s message with each parameter it names (`error.params`, written `name=` or, for a
     `JobError`, leading as `name:`) spelled as its flag (`spell_flags`)."""
     message = str(error)
+    if error.look is not None:  # point at `mixer peek`, not at the Python function
+        spec, field = error.look
+        command = f"mixer peek {shlex.quote(spec)}" + ("" if field is None else f" --field {field}")
+        message = message.replace(look_hint(spec, field), f"; look with: {command}")
     if isinstance(error, JobError) and error.field in flags:
         message = flags[error.field] + message[len(error.field) :]
     return spell_flags(message, error.params, flags)

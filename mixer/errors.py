@@ -13,11 +13,30 @@ class MixerError(Exception):
     `all_splits=True`): a front end that spells them otherwise rewrites exactly those, as the
     CLI does with its flags (`mixer.cli.cli_message`). A library message names no CLI flag; a
     log line that names parameters carries them the same way (`extra={"params": (...)}`).
+
+    `look` is set where the message ends by pointing at the records to look at (`look_hint`):
+    the input and the field whose values tell what went wrong, so a front end can say how to
+    look in its own terms (the CLI: a `mixer peek` command line).
     """
 
-    def __init__(self, message: str = "", *, params: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        params: tuple[str, ...] = (),
+        look: tuple[str, str | None] | None = None,
+    ) -> None:
+        super().__init__(message + ("" if look is None else look_hint(*look)))
         self.params = tuple(params)
+        self.look = look
+
+
+def look_hint(input: str, field: str | None) -> str:
+    """The end of a message that points at `input`'s records (and `field`'s values) through
+    `mixer.ingest.peek.peek`; `MixerError.look` lets a front end replace exactly this text."""
+    if field is None:
+        return f"; look at the records with peek([{input!r}])"
+    return f"; look at its values with peek([{input!r}], field={field!r})"
 
 
 class InputError(MixerError):

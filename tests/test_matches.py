@@ -110,7 +110,18 @@ def test_musicpile_sample_with_guessed_src_values_is_refused(tmp_path, tokenizer
         main([*args, "--where", "src in ['abc', 'irishman', 'kern']"])
     err = capsys.readouterr().err
     assert done.value.code == 1 and err.startswith("mixer: error: --where")
-    assert "'synthetic:abc'" in err and "with peek (field='src')" in err
+    assert "'synthetic:abc'" in err
+    assert err.rstrip().endswith(f"; look with: mixer peek {SAMPLES / 'musicpile'} --field src")
+
+
+def test_a_filter_that_matches_nothing_points_the_library_caller_at_peek(tmp_path, tokenizer_path):
+    """The library names the function and its arguments (no CLI syntax); `look` carries them."""
+    spec = str(SAMPLES / "musicpile")
+    with pytest.raises(MixerError) as info:
+        tokenize(job(tmp_path, tokenizer_path, [spec], where=("src in ['abc']",)), progress=False)
+    message = str(info.value)
+    assert info.value.look == (spec, "src") and "--" not in message
+    assert message.endswith(f"; look at its values with peek([{spec!r}], field='src')")
 
 
 def test_probe_counts_are_exact_until_the_value_bound(tmp_path):

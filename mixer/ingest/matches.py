@@ -189,16 +189,17 @@ def _explain(spec: str, probe: Probe, where: tuple[RowFilter, ...], text_field: 
             if not seen.present:
                 raise MixerError(
                     f"where={f.describe()!r}: field {f.field!r} is missing in every one of the "
-                    f"{probe.records:,} records of input {spec!r} (records have keys {keys}); "
-                    "look at the records with peek",
+                    f"{probe.records:,} records of input {spec!r} (records have keys {keys})",
                     params=("where",),
+                    look=(spec, None),
                 )
             if not seen.passed:
                 raise MixerError(
                     f"where={f.describe()!r} matches none of the {probe.records:,} records of "
                     f"input {spec!r}: field {f.field!r} is present in {seen.present:,}, "
-                    f"{seen.describe()}; look at its values with peek (field={f.field!r})",
+                    f"{seen.describe()}",
                     params=("where",),
+                    look=(spec, f.field),
                 )
         each = ", ".join(
             f"{f.describe()!r} {seen.passed:,}"
@@ -213,6 +214,7 @@ def _explain(spec: str, probe: Probe, where: tuple[RowFilter, ...], text_field: 
         raise MixerError(
             f"text field {text_field!r} is missing or null in every one of the "
             f"{probe.matched:,} records of input {spec!r} (records have keys {keys}); "
-            "choose it with text_field= (look at the records with peek)",
+            "choose it with text_field=",
             params=("text_field",),
+            look=(spec, None),
         )
