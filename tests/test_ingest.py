@@ -287,8 +287,10 @@ def test_kill_and_resume_gives_byte_identical_store(tmp_path, tokenizer_path):
     """SIGKILL a real `mixer tokenize` run mid-way, rerun it, compare with an undisturbed run."""
     src = tmp_path / "in"
     src.mkdir()
-    for i in range(8):
-        (src / f"part{i}.jsonl").write_bytes(jsonl_bytes(documents(3000, seed=10 + i)))
+    for i in range(8):  # jsonl and jsonl.gz alternate: no two neighbours group into one task
+        data = jsonl_bytes(documents(3000, seed=10 + i))
+        name = f"part{i}.jsonl" + (".gz" if i % 2 else "")
+        (src / name).write_bytes(gzip.compress(data, mtime=0) if i % 2 else data)
     base = [
         sys.executable,
         "-m",
@@ -305,6 +307,7 @@ def test_kill_and_resume_gives_byte_identical_store(tmp_path, tokenizer_path):
     ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([*base, "-o", str(tmp_path / "clean")], check=True, env=env, capture_output=True)
+    assert len(list((tmp_path / "clean").glob("shard-*.bin"))) == 8  # a task per file
 
     victim = tmp_path / "killed"
     proc = subprocess.Popen(
