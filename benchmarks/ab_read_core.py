@@ -18,35 +18,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ab_base import module_at  # noqa: E402
 from bench_tokenize_peers import prepare_corpus, prepare_tokenizer  # noqa: E402
 
 from mixer.ingest import readers  # noqa: E402
 from mixer.ingest.encoders import FastEncoder, load_tokenizer  # noqa: E402
 from mixer.ingest.inputs import Task  # noqa: E402
 from mixer.ingest.task import READ_AHEAD, batches, read_ahead  # noqa: E402
-
-
-def base_readers_module(rev: str, root: Path):
-    source = subprocess.run(
-        ["git", "show", f"{rev}:mixer/ingest/readers.py"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    spec = importlib.util.spec_from_loader("base_readers", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["base_readers"] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev}:mixer/ingest/readers.py", "exec"), module.__dict__)
-    return module
 
 
 def main() -> None:
@@ -57,7 +41,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
 
-    base = base_readers_module(args.base, Path(__file__).resolve().parent.parent)
+    base = module_at(args.base, "mixer/ingest/readers.py", "base_readers")
     data = prepare_corpus(args.mb, args.files, 0)
     encoder = FastEncoder(load_tokenizer(str(prepare_tokenizer(32_000, 0, train_mb=20))))
     tasks = [Task(str(p), "jsonl.zst", p.stat().st_size) for p in sorted(data.glob("*.jsonl.zst"))]

@@ -16,9 +16,7 @@ the median over runs of each sampler's rate / the limit's rate in that run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,23 +25,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ab_base import module_at  # noqa: E402
 from bench_sampler import copy_blocks, mix_spec, write_random_store  # noqa: E402
 
 from mixer.mix.sampler import MixSampler  # noqa: E402
-
-
-def base_sampler_module(rev: str, root: Path):
-    source = subprocess.run(
-        ["git", "show", f"{rev}:mixer/mix/sampler.py"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    spec = importlib.util.spec_from_loader("base_sampler", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    exec(compile(source, f"{rev}:mixer/mix/sampler.py", "exec"), module.__dict__)
-    return module
 
 
 def main() -> None:
@@ -55,7 +40,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
 
-    base = base_sampler_module(args.base, Path(__file__).resolve().parent.parent)
+    base = module_at(args.base, "mixer/mix/sampler.py", "base_sampler")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_random_store(root / "web", int(args.tokens * 0.9), seed=1)
