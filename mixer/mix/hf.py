@@ -65,6 +65,7 @@ from mixer.mix.extras import check_bos, with_bos
 from mixer.mix.loader import BatchIterator, LoaderState
 from mixer.mix.sampler import MixSampler, check_global_batch
 from mixer.mix.torch import check_not_copied
+from mixer.store.format import write_json_atomic
 
 STATE_FILE = "mixer_state.json"  # in each checkpoint folder, next to trainer_state.json
 
@@ -278,9 +279,7 @@ class MixedTrainer(Trainer):
         self._steered("checkpoint")
         folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         path = os.path.join(self._get_output_dir(trial=trial), folder, STATE_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(dataset.state_dict(self.state.global_step), f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(path, dataset.state_dict(self.state.global_step))
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
