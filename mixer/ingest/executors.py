@@ -51,21 +51,16 @@ def use_ray(job: TokenizeJob, pending: list[TaskSpec], backend: str) -> bool:
     workers = min(os.cpu_count() or 1, len(pending))
     if workers <= 1:
         return False
-    weights = [text_bytes(s.task) for s in pending]
+    weights = [inputs.text_bytes(s.task) for s in pending]
     one_process_s = sum(weights) / CORE_BYTES_PER_S[backend]
     ray_s = RAY_START_S + max(sum(weights) / workers, max(weights)) / CORE_BYTES_PER_S[backend]
     return ray_s < one_process_s
 
 
-def text_bytes(task: inputs.Task | inputs.FileGroup) -> int:
-    """Estimated text in a task: compressed inputs (.gz, .zst, parquet) count 4x their size."""
-    return task.weight * (1 if task.format in ("jsonl", "txt") else 4)
-
-
 def dispatch_order(pending: list[TaskSpec]) -> list[TaskSpec]:
     """Largest task first, ties in input order: a big file started last would run alone at the
     end. The store does not depend on this order (shards are named and listed by input order)."""
-    return sorted(pending, key=lambda s: -text_bytes(s.task))
+    return sorted(pending, key=lambda s: -inputs.text_bytes(s.task))
 
 
 def run_in_process(

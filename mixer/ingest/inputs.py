@@ -284,9 +284,9 @@ def plan_tasks(
 
     Uncompressed line files are split into byte ranges, parquet into runs of row groups (by
     uncompressed size, read from the footer); compressed files and whole-file text documents
-    cannot be split. Consecutive whole files of the same format whose bytes read
-    (`Task.weight`) add up to at most `chunk_bytes` become one `FileGroup`; a file that is alone in
-    its group stays a plain `Task`.
+    cannot be split. Consecutive whole files of the same format whose estimated text
+    (`text_bytes`, the measure splitting uses) adds up to at most `chunk_bytes` become one
+    `FileGroup`; a file that is alone in its group stays a plain `Task`.
     """
     if chunk_bytes <= 0:
         raise MixerError(f"chunk size must be positive, not {chunk_bytes}")
@@ -319,6 +319,11 @@ def plan_tasks(
     return _grouped(pieces, chunk_bytes)
 
 
+def text_bytes(task: Task | FileGroup) -> int:
+    """Estimated text in a task: compressed inputs (.gz, .zst, parquet) count 4x their size."""
+    return task.weight * (1 if task.format in ("jsonl", "txt") else 4)
+
+
 def _grouped(pieces: list[Task], chunk_bytes: int) -> list[Task | FileGroup]:
     """The tasks in order, runs of small whole files of one format joined (greedily, up to
     `chunk_bytes`) into file groups."""
@@ -333,16 +338,17 @@ def _grouped(pieces: list[Task], chunk_bytes: int) -> list[Task | FileGroup]:
             run.clear()
 
     for task in pieces:
-        if not task.whole_file or task.weight > chunk_bytes:
+        text = text_bytes(task)
+        if not task.whole_file or text > chunk_bytes:
             close()
             tasks.append(task)
             run_of = None
             continue
-        if run_of != task.format or total + task.weight > chunk_bytes:
+        if run_of != task.format or total + text > chunk_bytes:
             close()
             run_of, total = task.format, 0
         run.append(task)
-        total += task.weight
+        total += text
     close()
     return tasks
 
