@@ -134,3 +134,20 @@ def test_round_tables_give_the_values_of_the_plain_rounds(n):
     assert got == permute(np.array(xs), n, np.array(keys, dtype=np.uint64)).tolist()
     built = permutation._SEEN.get((n, keys))
     assert isinstance(built, permutation._Tables) == (a <= 4096 and a <= permutation.TABLE_SIDE)
+
+
+def test_a_table_evicted_after_it_was_looked_up_falls_back_to_the_plain_rounds():
+    """Another thread may evict (rounds = None) the table a lookup has just found: the lookup
+    then computes the plain rounds, same value, instead of failing."""
+    from mixer.mix import permutation
+
+    n = 4099
+    keys = epoch_keys(5, "evicted", 0)
+    a, b, _ = permutation._shape(n)
+    xs = list(range(a + b + 1))
+    expected = permute(np.array(xs), n, np.array(keys, dtype=np.uint64)).tolist()
+    assert [permute_one(x, n, keys) for x in xs] == expected  # builds the table
+    table = permutation._SEEN[(n, keys)]
+    assert isinstance(table, permutation._Tables)
+    table.rounds = None  # what eviction does, after this lookup read `_SEEN`
+    assert [permute_one(x, n, keys) for x in xs[:50]] == expected[:50]

@@ -81,7 +81,11 @@ def permute_in_range(x: int, n: int, keys: tuple[int, ...]) -> int:
             old.rounds = None  # callers holding it (`round_tables`) let go of it too
             if _SEEN.get(key) is old:
                 _SEEN[key] = 0
-    a, b, t0, t1, t2, t3 = seen.rounds
+    rounds = seen.rounds
+    if rounds is None:  # evicted by another thread since `seen` was looked up
+        a, b, _ = _shape(n)
+        return _permute_loop(x, n, keys[:4], a, b)
+    a, b, t0, t1, t2, t3 = rounds
     while True:
         hi, lo = divmod(x, b)
         hi, lo = lo, (hi + t0[lo]) % a
