@@ -354,12 +354,14 @@ def test_with_dataloader_workers_set_weights_works_before_train_and_is_refused_d
         other.set_weights(weights, at_step=2)
 
 
-def policy_run(sampler, out, resume=None):
+def policy_run(sampler, out, resume=None, callbacks=()):
     from mixer.mix.policy import ExcessLossPolicy
 
     m = model()
     dataset = MixedTrainDataset(sampler)
     trainer = MixedTrainer(model=m, args=args(out), train_dataset=dataset)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     # a's reference loss is out of reach: only b has excess loss, so b gains max_change each time
     policy = ExcessLossPolicy(
         sampler.source_names,
@@ -395,3 +397,21 @@ def test_a_policy_fed_by_the_trainer_s_per_source_losses_resumes_with_the_same_w
     assert resumed.seen == full.seen[3:]
     assert [a.to_dict() for a in again.sampler.amendments] == amendments
     assert policy_again.state_dict() == policy.state_dict()
+
+
+def test_a_fork_during_training_does_not_stop_the_policy(sampler, tmp_path):
+    """With dataloader_num_workers=0 no copy of the dataset exists, so a process forked by
+    something else (a pool in a callback) leaves the policy's weight changes allowed."""
+    from transformers import TrainerCallback
+
+    class ForkAtStep1(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                os.waitpid(pid, 0)
+
+    _, dataset, _ = policy_run(sampler, tmp_path, callbacks=[ForkAtStep1()])
+    weights = [a.to_dict()["weights"]["b"] for a in dataset.sampler.amendments]
+    assert weights == pytest.approx([0.45, 0.65, 0.85])

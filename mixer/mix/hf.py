@@ -237,7 +237,9 @@ class MixedTrainer(Trainer):
             return
         sums, counts = self.accelerator.reduce(self._step_loss.clone(), "sum").tolist()
         self._step_loss.zero_()
-        self.train_dataset.report_loss(step, sums, counts)
+        # set_policy refused dataloader workers, so no copy of the dataset exists: a fork
+        # elsewhere in the process (a pool in a callback) must not trip the copy guard
+        self.train_dataset.steps().report_loss(step, sums, counts)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         """`Trainer.train`, restoring the checkpoint's `STATE_FILE` before any data is read."""
